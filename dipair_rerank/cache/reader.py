@@ -1,0 +1,94 @@
+"""Open a prefix cache in constant time (memory-maps, no per-document objects) and gather candidate blocks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dipair_rerank.cache.docids import DocidLookup
+from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
+from dipair_rerank.errors import DiPairError
+
+
+class PrefixCache:
+    """Read-only view of ``indexes/NAME/dipair``.
+
+    Shards are memory-mapped separately and never merged: a row ``r`` lives in shard ``r // shard_rows``.
+    Opening checks each shard file's size against its JSON (a truncated shard is never read as data);
+    ``verify()`` checks the full sha256.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        config_path = self.folder / CACHE_CONFIG
+        if not config_path.is_file():
+            raise DiPairError(f"no DiPair cache at {self.folder} (missing {CACHE_CONFIG}); build it with 'dipair-rerank index'")
+        self.meta: dict[str, Any] = json.loads(config_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DiPairError(f"{config_path}: unsupported cache format {self.meta.get('format_version')}")
+        self.model_fingerprint: str = self.meta["model_fingerprint"]
+        self.num_docs: int = self.meta["num_docs"]
+        self.slots: int = self.meta["slots"]
+        self.dim: int = self.meta["dim"]
+        self.shard_rows: int = self.meta["shard_rows"]
+        self.vectors: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        for shard in self.meta["shards"]:
+            for kind, store in (("vectors", self.vectors), ("lengths", self.lengths)):
+                path = self.folder / f"{shard['stem']}.{kind}.npy"
+                if not path.is_file() or path.stat().st_size != shard[f"{kind}_bytes"]:
+                    raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
+                store.append(np.load(path, mmap_mode="r", allow_pickle=False))
+        self.docids = DocidLookup(self.folder)
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def rows(self, docids: Sequence[str], *, strict: bool = True) -> np.ndarray:
+        """Rows of ``docids``; unknown docids raise (``strict``) or map to -1."""
+        rows = self.docids.rows_for(docids)
+        if strict and (rows < 0).any():
+            missing = [docids[i] for i in np.flatnonzero(rows < 0)[:3]]
+            raise DiPairError(f"docid(s) not in the index: {', '.join(missing)}")
+        return rows
+
+    def gather(
+        self, rows: np.ndarray, out: np.ndarray | None = None, out_lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Blocks [k, slots, dim] fp16 and prefix lengths [k] for ``rows``, one ``np.take`` per shard touched."""
+        k = len(rows)
+        if out is None:
+            out = np.empty((k, self.slots, self.dim), dtype=np.float16)
+        if out_lengths is None:
+            out_lengths = np.empty(k, dtype=np.uint16)
+        if len(self.vectors) == 1:
+            np.take(self.vectors[0], rows, axis=0, out=out[:k])
+            np.take(self.lengths[0], rows, out=out_lengths[:k])
+            return out[:k], out_lengths[:k]
+        shard_of = rows // self.shard_rows
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            local = rows[where] - shard * self.shard_rows
+            out[where] = self.vectors[shard][local]
+            out_lengths[where] = self.lengths[shard][local]
+        return out[:k], out_lengths[:k]
+
+    def verify(self) -> list[str]:
+        """Problems found by re-hashing every shard file (empty list = intact)."""
+        from dipair_rerank.cache.writer import file_sha256
+
+        problems = []
+        for shard in self.meta["shards"]:
+            for kind in ("vectors", "lengths"):
+                path = self.folder / f"{shard['stem']}.{kind}.npy"
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                elif file_sha256(path) != shard[f"{kind}_sha256"]:
+                    problems.append(f"{path}: checksum mismatch")
+        if len(self.docids) != self.num_docs:
+            problems.append(f"{self.folder}: docid lookup holds {len(self.docids)} ids, cache {self.num_docs}")
+        return problems

@@ -1,0 +1,122 @@
+"""Write a prefix cache in fixed-size shards; each shard is published by rename with a JSON of its rows and
+checksum, so an interrupted build resumes from the completed shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dipair_rerank.cache.docids import write_docid_lookup
+
+CACHE_CONFIG = "cache.json"
+FORMAT_VERSION = 1
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class CacheWriter:
+    """Writes ``folder/shard-XXXXX.{vectors,lengths}.npy`` + ``.json`` and, on ``finish``, ``cache.json``.
+
+    Args:
+        folder: the cache folder (``indexes/NAME/dipair`` while staging).
+        model_fingerprint: identity of the model whose document branch produced the vectors.
+        model_config: that model's DiPairConfig as a dict (recorded for users and checks).
+        slots / dim: block shape per document.
+        shard_rows: documents per shard.
+    """
+
+    folder: Path
+    model_fingerprint: str
+    model_config: dict[str, Any]
+    slots: int
+    dim: int
+    shard_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def shard_done(self, index: int, rows: int) -> bool:
+        """A shard counts as written when its JSON exists and names this model and row count."""
+        meta_path = self.folder / f"{shard_stem(index)}.json"
+        if not meta_path.is_file():
+            return False
+        meta = json.loads(meta_path.read_text())
+        return meta.get("rows") == rows and meta.get("model_fingerprint") == self.model_fingerprint
+
+    def write_shard(self, index: int, vectors: np.ndarray, lengths: np.ndarray) -> None:
+        if vectors.shape[1:] != (self.slots, self.dim):
+            raise ValueError(f"shard block shape {vectors.shape[1:]} != {(self.slots, self.dim)}")
+        stem = shard_stem(index)
+        vectors_path = self.folder / f"{stem}.vectors.npy"
+        lengths_path = self.folder / f"{stem}.lengths.npy"
+        _save_atomic(vectors_path, np.ascontiguousarray(vectors, dtype=np.float16))
+        _save_atomic(lengths_path, np.ascontiguousarray(lengths, dtype=np.uint16))
+        write_json_atomic(
+            self.folder / f"{stem}.json",
+            {
+                "rows": int(len(vectors)),
+                "model_fingerprint": self.model_fingerprint,
+                "vectors_sha256": file_sha256(vectors_path),
+                "lengths_sha256": file_sha256(lengths_path),
+                "vectors_bytes": vectors_path.stat().st_size,
+                "lengths_bytes": lengths_path.stat().st_size,
+            },
+        )
+
+    def finish(self, docids: list[str]) -> None:
+        """Write the docid lookup and ``cache.json`` (the cache is complete only once this exists)."""
+        num_shards = -(-len(docids) // self.shard_rows)
+        shards = []
+        for index in range(num_shards):
+            meta = json.loads((self.folder / f"{shard_stem(index)}.json").read_text())
+            shards.append({"stem": shard_stem(index), **meta})
+        if sum(shard["rows"] for shard in shards) != len(docids):
+            raise RuntimeError("cache shards do not cover the corpus")
+        write_docid_lookup(self.folder, docids)
+        write_json_atomic(
+            self.folder / CACHE_CONFIG,
+            {
+                "format_version": FORMAT_VERSION,
+                "model_fingerprint": self.model_fingerprint,
+                "model_config": self.model_config,
+                "codec": "fp16",
+                "num_docs": len(docids),
+                "slots": self.slots,
+                "dim": self.dim,
+                "shard_rows": self.shard_rows,
+                "shards": shards,
+            },
+        )

@@ -1,0 +1,226 @@
+"""``dipair-rerank``: a thin shell over the Python API. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from dipair_rerank.errors import DiPairError
+
+EXAMPLES = """\
+examples:
+  dipair-rerank quickstart                                    # SciFact: index, BM25 + DiPair, report
+  dipair-rerank index --corpus corpus.jsonl --index indexes/mine [--dense]
+  dipair-rerank search --index indexes/mine --topics queries.tsv --run runs/mine.trec
+  dipair-rerank search --index indexes/mine --topics queries.tsv --candidates bm25.trec --run runs/rr.trec
+  dipair-rerank eval --qrels qrels.txt --run runs/mine.trec --measures "nDCG@10 RR@10 R@100"
+"""
+
+
+def _threads_default() -> int:
+    return os.cpu_count() or 1
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="corpus -> BM25 index + DiPair prefix cache (+ FAISS)",
+                       description="Build indexes/NAME: Lucene BM25 (Pyserini), the DiPair prefix cache and, with "
+                       "--dense, a FAISS index. Interrupted builds resume when rerun with the same arguments.")
+    p.add_argument("--corpus", required=True, help="JSONL file ({id, contents[, title]}), a folder of them, or irds:ID")
+    p.add_argument("--index", required=True, help="output folder, e.g. indexes/scifact")
+    p.add_argument("--model", default=None, help="DiPair model folder or HF encoder id/path (default: shipped model)")
+    p.add_argument("--dense", action="store_true", help="also build a FAISS index (mean-pooled encoder vectors)")
+    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default 32)")
+    p.add_argument("--shard-rows", type=int, default=65536, help="documents per cache shard (default 65536)")
+    p.add_argument("--threads", type=int, default=_threads_default(), help="torch and Lucene threads")
+    p.set_defaults(handler=_cmd_index)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from dipair_rerank.indexer import IndexOptions, build_index
+
+    layout = build_index(args.corpus, args.index, model=args.model, options=IndexOptions(
+        dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads))
+    manifest = layout.manifest()
+    print(f"indexed {manifest['num_docs']} documents into {layout.root} ({', '.join(manifest['components'])}) "
+          f"in {manifest['build_seconds']} s")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="first stage -> DiPair re-rank -> TREC run",
+                       description="Retrieve with BM25, FAISS or an existing run (--candidates), re-rank the top "
+                       "--depth with DiPair from the index's cache, and write a run in Pyserini's format. "
+                       "Per-stage latency is saved beside the run (RUN.latency.json) for 'eval'.")
+    p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
+    p.add_argument("--topics", required=True, help="qid<TAB>query TSV file, or irds:ID")
+    p.add_argument("--run", "--output", dest="run", required=True, help="run file to write (e.g. runs/out.trec)")
+    p.add_argument("--candidates", default=None, help="re-rank this TREC run instead of running a first stage")
+    p.add_argument("--first-stage", choices=("bm25", "dense"), default="bm25", help="first stage (default bm25)")
+    p.add_argument("--depth", type=int, default=100, help="candidates re-ranked per query (default 100)")
+    p.add_argument("--hits", type=int, default=1000, help="lines per query in the run (default 1000)")
+    p.add_argument("--output-format", choices=("trec", "msmarco"), default="trec")
+    p.add_argument("--model", default=None, help="must be the model the index was built with (default: that one)")
+    p.add_argument("--batch-size", type=int, default=1, help="queries per encoder/head call (default 1)")
+    p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads and Lucene batch threads")
+    p.add_argument("--tag", default="dipair", help="run tag (last column)")
+    p.set_defaults(handler=_cmd_search)
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from dipair_rerank.data import read_topics
+    from dipair_rerank.evaluate import format_latency
+    from dipair_rerank.pipeline import DiPairSearcher
+    from dipair_rerank.search import save_run, search_topics
+
+    if args.depth < 1 or args.hits < 1:
+        raise DiPairError("--depth and --hits must be at least 1")
+    topics = read_topics(args.topics)
+    searcher = DiPairSearcher.from_index(args.index, first_stage=args.first_stage, depth=args.depth,
+                                         model=args.model, candidates=args.candidates, threads=args.threads)
+    run = search_topics(searcher, topics, hits=args.hits, batch_size=args.batch_size, threads=args.threads)
+    path = save_run(run, args.run, timer=searcher.timer, output_format=args.output_format, tag=args.tag,
+                    hits=args.hits, batch_size=args.batch_size, threads=args.threads,
+                    first_stage="run" if args.candidates else args.first_stage, depth=args.depth)
+    print(f"wrote {path} ({len(run)} queries)")
+    print(format_latency(searcher.timer.summary()), end="")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from dipair_rerank.defaults import DEFAULT_MEASURES
+
+    p = sub.add_parser("eval", help="trec_eval-style quality (ir_measures) beside recorded latency")
+    p.add_argument("--qrels", required=True, help="TREC qrels file or irds:ID")
+    p.add_argument("--run", required=True, nargs="+", help="one or more TREC runs")
+    p.add_argument("--measures", default=DEFAULT_MEASURES, help=f"ir_measures names (default '{DEFAULT_MEASURES}'; "
+                   "graded sets: 'RR(rel=2)@10 R(rel=2)@100')")
+    p.add_argument("--per-query", action="store_true", help="also print one line per query")
+    p.set_defaults(handler=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from dipair_rerank.data import read_qrels, read_run
+    from dipair_rerank.evaluate import evaluate, format_latency, format_measures, load_latency
+
+    qrels = read_qrels(args.qrels)
+    for index, run_path in enumerate(args.run):
+        if len(args.run) > 1:
+            print(f"{'' if index == 0 else chr(10)}== {run_path}")
+        print(format_measures(evaluate(qrels, read_run(run_path), args.measures, per_query=args.per_query)), end="")
+        latency = load_latency(run_path)
+        if latency:
+            print(format_latency(latency), end="")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="distil DiPair from a teacher (stage 1 head, stage 2 end to end)",
+                       description="Score each training query's candidates with --teacher (cached on disk), then "
+                       "train DiPair: stage 1 with the encoders frozen, stage 2 end to end. Checkpoints every epoch; "
+                       "rerunning the same command resumes. Several training sets: repeat --topics/--candidates/"
+                       "--corpus in the same order.")
+    p.add_argument("--topics", required=True, nargs="+", help="training topics (TSV or irds:ID), one per set")
+    p.add_argument("--candidates", nargs="+", default=None, help="candidate runs, one per set")
+    p.add_argument("--corpus", nargs="+", default=None, help="document texts (JSONL or irds:ID), one per set")
+    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for the label loss)")
+    p.add_argument("--teacher", required=True,
+                   help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores")
+    p.add_argument("--output", required=True, help="output folder (checkpoints/, model/, teacher scores)")
+    p.add_argument("--model", default=None, help="starting DiPair model or HF encoder (default: shipped model)")
+    p.add_argument("--depth", type=int, default=30, help="candidates per query (default 30)")
+    p.add_argument("--loss", default="mse", choices=("mse", "kl", "mse+kl"), help="distillation loss (default mse)")
+    p.add_argument("--stage1-epochs", type=int, default=1)
+    p.add_argument("--stage1-lr", type=float, default=1e-3)
+    p.add_argument("--stage2-epochs", type=int, default=1)
+    p.add_argument("--stage2-lr", type=float, default=2e-5)
+    p.add_argument("--queries-per-step", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX, and on GPUs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=_threads_default())
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from dipair_rerank.train.sets import TrainSetSpec, run_training
+
+    sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels)
+    model_dir = run_training(sets, args)
+    print(f"model saved to {model_dir}")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check an index's cache checksums and model fingerprint")
+    p.add_argument("--index", required=True)
+    p.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from dipair_rerank.cache import PrefixCache
+    from dipair_rerank.index_layout import IndexLayout
+
+    layout = IndexLayout(args.index)
+    manifest = layout.manifest()
+    cache = PrefixCache(layout.cache)
+    problems = cache.verify()
+    if cache.model_fingerprint != manifest["model_fingerprint"]:
+        problems.append("cache and manifest name different models")
+    if problems:
+        raise DiPairError(f"{args.index}: " + "; ".join(problems))
+    print(f"{args.index}: OK ({cache.num_docs} documents, model {cache.model_fingerprint[:12]})")
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    from dipair_rerank.defaults import DEFAULT_COLLECTION, DEFAULT_MEASURES
+
+    p = sub.add_parser("quickstart", help="index + BM25 + DiPair + report on a real collection (SciFact)",
+                       description="The main job in one command: build (or reuse) an index of --corpus, re-rank "
+                       "its BM25 top-100 with DiPair and print quality against latency.")
+    p.add_argument("--corpus", default=DEFAULT_COLLECTION, help=f"default {DEFAULT_COLLECTION}")
+    p.add_argument("--topics", default=None, help="default: the corpus's irds: id")
+    p.add_argument("--qrels", default=None, help="default: the corpus's irds: id")
+    p.add_argument("--candidates", default=None, help="re-rank this run instead of the index's BM25")
+    p.add_argument("--index", default=None, help="default indexes/<collection name>")
+    p.add_argument("--model", default=None)
+    p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--measures", default=DEFAULT_MEASURES)
+    p.add_argument("--threads", type=int, default=_threads_default())
+    p.set_defaults(handler=_cmd_quickstart)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from dipair_rerank.quickstart import QuickstartOptions, run_quickstart
+
+    print(run_quickstart(QuickstartOptions(
+        corpus=args.corpus, topics=args.topics, qrels=args.qrels, candidates=args.candidates, index=args.index,
+        model=args.model, depth=args.depth, measures=args.measures, threads=args.threads)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dipair-rerank", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="DiPair re-ranking over Pyserini: cross-encoder-style re-ranking at a few ms per query.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_verify):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.handler(args)
+    except DiPairError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""TREC runs: read, and write in Pyserini's formats (``trec``: ``qid Q0 docid rank score tag``; ``msmarco``:
+``qid<TAB>docid<TAB>rank``), ranks from 1, ties broken by docid as Pyserini's ``tie_breaker`` does.
+
+Writes go to a temporary file renamed into place, so a failed search never leaves half a run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from dipair_rerank.errors import DiPairError
+
+Run = dict[str, list[tuple[str, float]]]
+"""qid -> [(docid, score), ...], best first."""
+
+OUTPUT_FORMATS = ("trec", "msmarco")
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a 6-column TREC run; each query's list is re-sorted best first."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiPairError(f"run file not found: {path}")
+    run: Run = {}
+    with path.open(encoding="utf-8", errors="strict") as handle:
+        try:
+            for line_no, line in enumerate(handle, start=1):
+                cols = line.split()
+                if not cols:
+                    continue
+                if len(cols) != 6:
+                    raise DiPairError(
+                        f"{path}:{line_no}: TREC run lines have 6 columns (qid Q0 docid rank score tag), "
+                        f"got {len(cols)}"
+                    )
+                try:
+                    score = float(cols[4])
+                except ValueError as exc:
+                    raise DiPairError(f"{path}:{line_no}: score {cols[4]!r} is not a number") from exc
+                run.setdefault(cols[0], []).append((cols[2], score))
+        except UnicodeDecodeError as exc:
+            raise DiPairError(f"{path}: not UTF-8 ({exc.reason})") from exc
+    if not run:
+        raise DiPairError(f"{path}: empty run")
+    return {qid: sort_hits(hits) for qid, hits in run.items()}
+
+
+def sort_hits(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Best first; equal scores ordered by docid (Pyserini's tie-breaker)."""
+    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[TextIO]:
+    """Open a temp file beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_hits(
+    qid: str, hits: Sequence[tuple[str, float]], *, output_format: str = "trec", tag: str = "dipair", hits_limit: int = 1000
+) -> Iterator[str]:
+    for rank, (docid, score) in enumerate(sort_hits(hits)[:hits_limit], start=1):
+        if output_format == "msmarco":
+            yield f"{qid}\t{docid}\t{rank}\n"
+        else:
+            yield f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n"
+
+
+def write_run(
+    run: Run, path: str | Path, *, output_format: str = "trec", tag: str = "dipair", hits: int = 1000
+) -> Path:
+    """Write ``run`` atomically in query order given; returns the path."""
+    if output_format not in OUTPUT_FORMATS:
+        raise DiPairError(f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})")
+    with atomic_write(path) as handle:
+        for qid, qhits in run.items():
+            handle.writelines(format_hits(qid, qhits, output_format=output_format, tag=tag, hits_limit=hits))
+    return Path(path)

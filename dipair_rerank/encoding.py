@@ -1,0 +1,49 @@
+"""Batch encoding of documents through the DiPair document branch (index time only).
+
+Texts are tokenized once, sorted by length and batched, so padding is minimal; results come back in input
+order. The same forward pass yields the mean-pooled vectors used for the optional dense index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from dipair_rerank.model import DiPairModel
+
+
+class EncodedDocuments(NamedTuple):
+    vectors: np.ndarray  # [N, slots, d_p] float16: the cache rows
+    lengths: np.ndarray  # [N] uint16: kept prefix tokens that are real (not padding)
+    pooled: np.ndarray  # [N, hidden] float32, L2-normalised: the bi-encoder embedding
+
+
+def encode_documents(
+    model: DiPairModel, texts: Sequence[str], *, batch_size: int = 32, progress=None
+) -> EncodedDocuments:
+    """Run the document branch over ``texts``; ``progress`` (a tqdm) is advanced per document."""
+    config = model.config
+    tokenized = model.tokenizer(list(texts), truncation=True, max_length=config.doc_max_length)
+    input_ids = tokenized["input_ids"]
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
+    count = len(texts)
+    vectors = np.empty((count, config.doc_slots, config.proj_dim), dtype=np.float16)
+    lengths = np.empty(count, dtype=np.uint16)
+    pooled = np.empty((count, model.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, count, batch_size):
+            rows = order[start : start + batch_size]
+            batch = model.tokenizer.pad(
+                {"input_ids": [input_ids[i] for i in rows], "attention_mask": [[1] * len(input_ids[i]) for i in rows]},
+                return_tensors="pt",
+            )
+            prefix = model.encode_documents(batch)
+            vectors[rows] = prefix.vectors.to(torch.float16).numpy()
+            lengths[rows] = prefix.mask[:, : config.doc_prefix].sum(1).numpy()
+            pooled[rows] = prefix.pooled.numpy()
+            if progress is not None:
+                progress.update(len(rows))
+    return EncodedDocuments(vectors, lengths, pooled)

@@ -1,0 +1,45 @@
+"""One folder per index: ``manifest.json``, ``lucene/``, optional ``faiss/``, and ``dipair/`` (the cache)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dipair_rerank.errors import DiPairError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def lucene(self) -> Path:
+        return self.root / "lucene"
+
+    @property
+    def faiss(self) -> Path:
+        return self.root / "faiss"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "dipair"
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of a complete index (an index without one was never published)."""
+        if not self.manifest_path.is_file():
+            raise DiPairError(f"no index at {self.root} (missing {MANIFEST}); build it with 'dipair-rerank index'")
+        return json.loads(self.manifest_path.read_text())
+
+    def has_dense(self) -> bool:
+        return (self.faiss / "index").is_file()

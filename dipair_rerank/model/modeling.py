@@ -1,0 +1,282 @@
+"""DiPairModel: two encoder towers, kept prefixes projected to d_p, and a small transformer head.
+
+The document branch (``encode_documents``) does not see the query, so its output is what the index caches.
+Its vectors are rounded to fp16 inside the model (straight-through in training), which makes the fp16 cache
+lossless: re-ranking from the cache gives the scores of re-ranking from raw text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.config import DEFAULT_ENCODER, DiPairConfig, resolve_encoder_path
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "dipair_config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+ENCODER_PREFIX = "encoders."
+
+
+class Prefix(NamedTuple):
+    """Kept, projected vectors of a batch of texts: ``vectors`` [B, slots, d_p], ``mask`` [B, slots] (True=real)."""
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor  # [B, hidden] L2-normalised mean of all encoder outputs (the bi-encoder embedding)
+
+
+def _fp16_round(x: torch.Tensor) -> torch.Tensor:
+    """Round to fp16 precision; gradients pass straight through."""
+    return x + (x.to(torch.float16).to(x.dtype) - x).detach()
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _build_encoder(config: DiPairConfig, *, pretrained: bool, stored_config: Path | None = None) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    if stored_config is not None:  # weights follow from a checkpoint
+        return AutoModel.from_config(AutoConfig.from_pretrained(stored_config))
+    if config.encoder_config is not None:
+        values = dict(config.encoder_config)
+        hf_config = AutoConfig.for_model(values.pop("model_type"), **values)
+        return AutoModel.from_config(hf_config)
+    path = resolve_encoder_path(config.encoder)
+    try:
+        if pretrained:
+            return AutoModel.from_pretrained(path)
+        return AutoModel.from_config(AutoConfig.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise DiPairError(f"cannot load encoder {config.encoder!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise DiPairError(f"cannot load tokenizer from {path!r}: {str(exc).splitlines()[0]}") from exc
+
+
+class DiPairModel(nn.Module):
+    """Score (query, document) pairs from the first few encoder outputs of each.
+
+    Args:
+        config: the model's shape; see DiPairConfig.
+        pretrained_encoder: load the encoder's pretrained weights (False when weights come from a checkpoint).
+        tokenizer_path: where the tokenizer lives (default: the encoder's, or the packaged MiniLM's for
+            encoders built from a config).
+        stored_encoders: folder holding ``encoder_<i>/config.json`` to build the towers from (checkpoints).
+    """
+
+    def __init__(
+        self,
+        config: DiPairConfig,
+        *,
+        pretrained_encoder: bool = True,
+        tokenizer_path: str | None = None,
+        stored_encoders: Path | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        if tokenizer_path is None:
+            tokenizer_path = resolve_encoder_path(
+                DEFAULT_ENCODER if config.encoder_config is not None else config.encoder
+            )
+        self.tokenizer = _load_tokenizer(tokenizer_path)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)  # random parts (head; encoders built from a config) are reproducible
+        try:
+            towers = 1 if config.shared_encoder else 2
+            self.encoders = nn.ModuleList(
+                _build_encoder(
+                    config,
+                    pretrained=pretrained_encoder,
+                    stored_config=None if stored_encoders is None else stored_encoders / f"encoder_{index}",
+                )
+                for index in range(towers)
+            )
+            hidden = self.encoders[0].config.hidden_size
+            self.hidden_size = hidden
+            self.query_projection = nn.Linear(hidden, config.proj_dim)
+            self.doc_projection = nn.Linear(hidden, config.proj_dim)
+            self._init_projections()
+            slots = config.query_slots + config.doc_slots
+            self.position = nn.Embedding(slots, config.proj_dim)
+            self.segment = nn.Embedding(2, config.proj_dim)
+            nn.init.normal_(self.position.weight, std=0.02)
+            nn.init.normal_(self.segment.weight, std=0.02)
+            layer = nn.TransformerEncoderLayer(
+                config.proj_dim,
+                config.head_heads,
+                config.head_ffn,
+                config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.head = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False)
+            self.head_norm = nn.LayerNorm(config.proj_dim)
+            self.score_out = nn.Linear(config.proj_dim, 1)
+            nn.init.zeros_(self.score_out.weight)
+            nn.init.zeros_(self.score_out.bias)
+            self.similarity_scale = nn.Parameter(torch.tensor(1.0))
+        finally:
+            torch.random.set_rng_state(generator_state)
+        segments = torch.cat([torch.zeros(config.query_slots), torch.ones(config.doc_slots)]).long()
+        self.register_buffer("_segments", segments, persistent=False)
+        self._fingerprint: str | None = None
+        self.eval()
+
+    def _init_projections(self) -> None:
+        """Both projections start as the same semi-orthogonal map, so cosines of pooled vectors survive it."""
+        weight = torch.empty(self.config.proj_dim, self.hidden_size)
+        nn.init.orthogonal_(weight)
+        with torch.no_grad():
+            for projection in (self.query_projection, self.doc_projection):
+                projection.weight.copy_(weight)
+                projection.bias.zero_()
+
+    # ----- towers ---------------------------------------------------------------------------------------------
+    @property
+    def query_encoder(self) -> nn.Module:
+        return self.encoders[0]
+
+    @property
+    def doc_encoder(self) -> nn.Module:
+        return self.encoders[-1]
+
+    def tokenize(self, texts: Sequence[str], *, max_length: int) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+
+    def _encode(
+        self, encoder: nn.Module, projection: nn.Linear, batch: dict[str, torch.Tensor], keep: int
+    ) -> Prefix:
+        attention = batch["attention_mask"]
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=attention).last_hidden_state
+        prefix, mask = hidden[:, :keep], attention[:, :keep].bool()
+        if prefix.shape[1] < keep:  # every text shorter than the prefix: pad to a fixed width
+            pad = keep - prefix.shape[1]
+            prefix = F.pad(prefix, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad), value=False)
+        pooled = _masked_mean(hidden, attention)
+        if self.config.pooled_slot:
+            prefix = torch.cat([prefix, pooled.unsqueeze(1)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return Prefix(projection(prefix.float()), mask, F.normalize(pooled.float(), dim=-1))
+
+    def encode_queries(self, batch: dict[str, torch.Tensor]) -> Prefix:
+        return self._encode(self.query_encoder, self.query_projection, batch, self.config.query_prefix)
+
+    def encode_documents(self, batch: dict[str, torch.Tensor]) -> Prefix:
+        prefix = self._encode(self.doc_encoder, self.doc_projection, batch, self.config.doc_prefix)
+        vectors = _fp16_round(prefix.vectors) * prefix.mask.unsqueeze(-1)
+        return Prefix(vectors, prefix.mask, prefix.pooled)
+
+    # ----- head -----------------------------------------------------------------------------------------------
+    def score_prefixes(
+        self, q_vectors: torch.Tensor, q_mask: torch.Tensor, d_vectors: torch.Tensor, d_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores [B] for query blocks [B or 1, m', d_p] against document blocks [B, n', d_p]."""
+        batch = d_vectors.shape[0]
+        q_vectors = q_vectors.expand(batch, -1, -1)
+        q_mask = q_mask.expand(batch, -1)
+        tokens = torch.cat([q_vectors, d_vectors.to(q_vectors.dtype)], dim=1)
+        tokens = tokens + self.position.weight + self.segment(self._segments)
+        hidden = self.head(tokens, src_key_padding_mask=~torch.cat([q_mask, d_mask], dim=1))
+        scores = self.score_out(self.head_norm(hidden[:, 0])).squeeze(-1)
+        if self.config.similarity_residual:
+            q_pooled = q_vectors[:, self.config.query_slots - 1]
+            d_pooled = d_vectors[:, self.config.doc_slots - 1].to(q_pooled.dtype)
+            scores = scores + self.similarity_scale * F.cosine_similarity(q_pooled, d_pooled, dim=-1)
+        return scores
+
+    def forward(self, queries: Sequence[str], documents: Sequence[str]) -> torch.Tensor:
+        """Scores [B] for aligned (query, document) pairs from raw text: the uncached reference path."""
+        q = self.encode_queries(self.tokenize(queries, max_length=self.config.query_max_length))
+        d = self.encode_documents(self.tokenize(documents, max_length=self.config.doc_max_length))
+        return self.score_prefixes(q.vectors, q.mask, d.vectors, d.mask)
+
+    # ----- identity and storage -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 of the config and every weight: the cache records it and refuses other models."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def train(self, mode: bool = True) -> "DiPairModel":
+        self._fingerprint = None  # weights may change
+        return super().train(mode)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything but the encoders: what stage 1 of training updates."""
+        return [p for name, p in self.named_parameters() if not name.startswith(ENCODER_PREFIX)]
+
+    def save_pretrained(self, path: str | Path, *, save_encoder: bool = True) -> Path:
+        """Write config JSON, tokenizer and safetensors weights. ``save_encoder=False`` stores only the head and
+        projections (the encoder is re-read from ``config.encoder``): small enough to ship."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save(path / CONFIG_NAME)
+        self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
+        state = {
+            name: tensor.detach().contiguous().cpu()
+            for name, tensor in self.state_dict().items()
+            if save_encoder or not name.startswith(ENCODER_PREFIX)
+        }
+        if save_encoder:
+            for index, encoder in enumerate(self.encoders):
+                encoder.config.save_pretrained(path / f"encoder_{index}")
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt", "fingerprint": self.fingerprint()})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "DiPairModel":
+        """Load a folder written by ``save_pretrained`` (never unpickles: JSON + safetensors only)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise DiPairError(f"{path} is not a DiPair model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        config = DiPairConfig.load(path / CONFIG_NAME)
+        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as handle:
+            has_encoder = any(key.startswith(ENCODER_PREFIX) for key in handle.keys())
+        tokenizer = path / TOKENIZER_DIR
+        model = cls(
+            config,
+            pretrained_encoder=not has_encoder,
+            tokenizer_path=str(tokenizer) if tokenizer.is_dir() else None,
+            stored_encoders=path if has_encoder else None,
+        )
+        state = load_file(str(path / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [name for name in missing if has_encoder or not name.startswith(ENCODER_PREFIX)]
+        if missing or unexpected:
+            raise DiPairError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.eval()
+        return model

@@ -1,0 +1,140 @@
+"""DiPairReranker: encode the query once, gather the candidates' cached blocks, run the head once.
+
+No document is encoded here: every document representation comes from the index's prefix cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from dipair_rerank.cache import PrefixCache
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.index_layout import IndexLayout
+from dipair_rerank.model import DiPairModel, Prefix, load_model
+
+logger = logging.getLogger(__name__)
+
+
+class RankedHit(NamedTuple):
+    """A re-ranked document, duck-compatible with Pyserini's hits (``.docid``, ``.score``)."""
+
+    docid: str
+    score: float
+
+
+def hit_docid(hit: Any) -> str:
+    """docid of a Pyserini hit (``.docid``), a ``(docid, score)`` pair, or a plain docid string."""
+    if isinstance(hit, str):
+        return hit
+    docid = getattr(hit, "docid", None)
+    if docid is not None:
+        return str(docid)
+    if isinstance(hit, (tuple, list)) and hit:
+        return str(hit[0])
+    raise TypeError(f"cannot read a docid from {hit!r}: pass hits with .docid, (docid, score) pairs or docids")
+
+
+class DiPairReranker:
+    """Re-rank candidates with a DiPair model and the index's prefix cache.
+
+    Args:
+        model: the model whose document branch built ``cache`` (checked by fingerprint).
+        cache: the index's prefix cache.
+        threads: torch intra-op threads (None leaves torch's setting).
+        timer: where per-stage timings go (a fresh StageTimer by default).
+    """
+
+    def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
+                 timer: StageTimer | None = None):
+        if model.fingerprint() != cache.model_fingerprint:
+            raise DiPairError(
+                f"the cache at {cache.folder} was built by model {cache.model_fingerprint[:12]}, not by the "
+                f"requested model {model.fingerprint()[:12]}; re-index with this model or omit --model"
+            )
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.cache = cache
+        self.timer = timer or StageTimer()
+        self._buffer = np.empty((0, cache.slots, cache.dim), dtype=np.float16)
+        self._lengths = np.empty(0, dtype=np.uint16)
+        slots = torch.arange(model.config.doc_slots)
+        self._is_prefix_slot = slots < model.config.doc_prefix
+
+    @classmethod
+    def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
+                   threads: int | None = None) -> "DiPairReranker":
+        """The re-ranker for ``index_dir``, with the model recorded in its manifest unless ``model`` is given."""
+        layout = IndexLayout(Path(index_dir))
+        manifest = layout.manifest()
+        if not isinstance(model, DiPairModel):
+            model = load_model(model if model is not None else manifest["model"])
+        return cls(model, PrefixCache(layout.cache), threads=threads)
+
+    # ----- the three stages -----------------------------------------------------------------------------------
+    def encode_queries(self, queries: Sequence[str]) -> Prefix:
+        with torch.inference_mode(), self.timer.time("query_encoding", len(queries)):
+            batch = self.model.tokenize(queries, max_length=self.model.config.query_max_length)
+            return self.model.encode_queries(batch)
+
+    def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.timer.time("gather", queries):
+            rows = self.cache.rows(docids)
+            if len(rows) > len(self._buffer):
+                self._buffer = np.empty((len(rows), self.cache.slots, self.cache.dim), dtype=np.float16)
+                self._lengths = np.empty(len(rows), dtype=np.uint16)
+            blocks, lengths = self.cache.gather(rows, self._buffer, self._lengths)
+            vectors = torch.from_numpy(blocks).float()
+            lengths_t = torch.from_numpy(lengths.astype(np.int64))
+            mask = (torch.arange(self.model.config.doc_slots) < lengths_t.unsqueeze(1)) | ~self._is_prefix_slot
+            return vectors, mask
+
+    def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self.timer.time("head", len(counts)):
+            if len(counts) == 1:
+                q_vectors, q_mask = queries.vectors, queries.mask
+            else:
+                repeat = torch.tensor(counts)
+                q_vectors = queries.vectors.repeat_interleave(repeat, dim=0)
+                q_mask = queries.mask.repeat_interleave(repeat, dim=0)
+            return self.model.score_prefixes(q_vectors, q_mask, d_vectors, d_mask)
+
+    # ----- public API -----------------------------------------------------------------------------------------
+    def rerank_encoded(self, queries: Prefix, hits_per_query: Sequence[Sequence[Any]]) -> list[list[RankedHit]]:
+        """Re-rank each query's hits given already-encoded queries (one gather and one head call in all)."""
+        docids_per_query = [[hit_docid(hit) for hit in hits] for hits in hits_per_query]
+        counts = [len(docids) for docids in docids_per_query]
+        if sum(counts) == 0:
+            return [[] for _ in counts]
+        flat = [docid for docids in docids_per_query for docid in docids]
+        d_vectors, d_mask = self._gather(flat, len(counts))
+        keep = [i for i, count in enumerate(counts) if count]
+        if len(keep) < len(counts):
+            queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep])
+        scores = self._head(queries, [counts[i] for i in keep], d_vectors, d_mask).tolist()
+        results: list[list[RankedHit]] = []
+        offset = 0
+        for docids in docids_per_query:
+            pairs = zip(docids, scores[offset : offset + len(docids)])
+            results.append(sorted((RankedHit(d, s) for d, s in pairs), key=lambda h: (-h.score, h.docid)))
+            offset += len(docids)
+        return results
+
+    def rerank(self, query: str, hits: Iterable[Any], k: int | None = None) -> list[RankedHit]:
+        """Re-rank ``hits`` (Pyserini hits, ``(docid, score)`` pairs or docids) for ``query``; best first."""
+        hits = list(hits)
+        if not hits:
+            return []
+        ranked = self.rerank_encoded(self.encode_queries([query]), [hits])[0]
+        return ranked[:k] if k is not None else ranked
+
+    def rerank_batch(self, queries: Sequence[str], hits_per_query: Sequence[Iterable[Any]]) -> list[list[RankedHit]]:
+        """Re-rank several queries' hits with one query-encoder call and one head call."""
+        return self.rerank_encoded(self.encode_queries(queries), [list(h) for h in hits_per_query])

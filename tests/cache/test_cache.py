@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from dipair_rerank.cache import CacheWriter, PrefixCache
+from dipair_rerank.errors import DiPairError
+
+
+def build(folder, rows=10, shard_rows=4, slots=3, dim=5):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, slots, dim)).astype(np.float16)
+    lengths = rng.integers(1, slots, rows).astype(np.uint16)
+    docids = [f"doc{i}" for i in range(rows)]
+    writer = CacheWriter(folder, model_fingerprint="abc", model_config={}, slots=slots, dim=dim, shard_rows=shard_rows)
+    for shard, start in enumerate(range(0, rows, shard_rows)):
+        writer.write_shard(shard, vectors[start : start + shard_rows], lengths[start : start + shard_rows])
+    writer.finish(docids)
+    return vectors, lengths, docids
+
+
+def test_gather_across_shards_in_requested_order(tmp_path):
+    vectors, lengths, docids = build(tmp_path)
+    cache = PrefixCache(tmp_path)
+    wanted = ["doc9", "doc0", "doc5", "doc4", "doc5"]
+    rows = cache.rows(wanted)
+    blocks, got_lengths = cache.gather(rows)
+    expected = [int(d[3:]) for d in wanted]
+    assert np.array_equal(blocks, vectors[expected]) and np.array_equal(got_lengths, lengths[expected])
+    assert len(cache) == 10 and len(cache.vectors) == 3
+
+
+def test_gather_into_preallocated_buffer(tmp_path):
+    vectors, _, _ = build(tmp_path, shard_rows=100)
+    cache = PrefixCache(tmp_path)
+    out = np.zeros((8, 3, 5), dtype=np.float16)
+    lengths = np.zeros(8, dtype=np.uint16)
+    blocks, _ = cache.gather(np.array([2, 7]), out, lengths)
+    assert np.shares_memory(blocks, out) and np.array_equal(blocks, vectors[[2, 7]])
+
+
+def test_unknown_docids(tmp_path):
+    build(tmp_path)
+    cache = PrefixCache(tmp_path)
+    assert cache.rows(["doc1", "nope", "doc1-but-much-longer-than-any-stored-id"], strict=False).tolist() == [1, -1, -1]
+    with pytest.raises(DiPairError, match="not in the index: nope"):
+        cache.rows(["doc1", "nope"])
+
+
+def test_truncated_shard_is_refused_on_open(tmp_path):
+    build(tmp_path)
+    shard = tmp_path / "shard-00001.vectors.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DiPairError, match="missing or truncated"):
+        PrefixCache(tmp_path)
+
+
+def test_verify_finds_a_flipped_bit(tmp_path):
+    build(tmp_path)
+    assert PrefixCache(tmp_path).verify() == []
+    shard = tmp_path / "shard-00000.vectors.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    assert any("checksum mismatch" in p for p in PrefixCache(tmp_path).verify())
+
+
+def test_missing_cache(tmp_path):
+    with pytest.raises(DiPairError, match="no DiPair cache"):
+        PrefixCache(tmp_path)
+
+
+def test_shard_done_tracks_model_and_rows(tmp_path):
+    writer = CacheWriter(tmp_path, model_fingerprint="abc", model_config={}, slots=2, dim=2, shard_rows=4)
+    writer.write_shard(0, np.zeros((4, 2, 2), np.float16), np.ones(4, np.uint16))
+    assert writer.shard_done(0, 4) and not writer.shard_done(0, 3) and not writer.shard_done(1, 4)
+    other = CacheWriter(tmp_path, model_fingerprint="xyz", model_config={}, slots=2, dim=2, shard_rows=4)
+    assert not other.shard_done(0, 4)

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.model import DiPairModel, load_model
+from tests.conftest import tiny_config
+
+QUERIES = ["quantum qubits", "pets"]
+DOCS = ["A qubit is the basic unit of quantum information.", "Cats and dogs are the most common household pets."]
+
+
+def test_scores_pairs_from_text(tiny_model):
+    with torch.inference_mode():
+        scores = tiny_model(QUERIES, DOCS)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_padding_does_not_change_a_score(tiny_model):
+    """A document scored alone and beside a much longer one gets the same score (masks work)."""
+    with torch.inference_mode():
+        alone = tiny_model(["q"], ["short doc"])
+        padded = tiny_model(["q", "q"], ["short doc", "a much longer document " * 5])
+    assert torch.allclose(alone, padded[:1], atol=1e-5)
+
+
+def test_document_vectors_are_fp16_exact(tiny_model):
+    with torch.inference_mode():
+        prefix = tiny_model.encode_documents(tiny_model.tokenize(DOCS, max_length=32))
+    assert torch.equal(prefix.vectors, prefix.vectors.half().float())
+    assert prefix.vectors.shape == (2, tiny_model.config.doc_slots, tiny_model.config.proj_dim)
+
+
+def test_untrained_score_is_scaled_cosine_of_pooled_slots(tiny_model):
+    """The zero-initialised head adds nothing: a fresh model ranks like its projected bi-encoder."""
+    with torch.inference_mode():
+        q = tiny_model.encode_queries(tiny_model.tokenize(QUERIES, max_length=16))
+        d = tiny_model.encode_documents(tiny_model.tokenize(DOCS, max_length=32))
+        scores = tiny_model.score_prefixes(q.vectors, q.mask, d.vectors, d.mask)
+        cosine = torch.nn.functional.cosine_similarity(q.vectors[:, -1], d.vectors[:, -1], dim=-1)
+    assert torch.allclose(scores, cosine, atol=1e-5)
+
+
+def test_save_load_round_trip_keeps_fingerprint_and_scores(tiny_model, tmp_path):
+    path = tiny_model.save_pretrained(tmp_path / "m")
+    loaded = DiPairModel.from_pretrained(path)
+    assert loaded.fingerprint() == tiny_model.fingerprint()
+    with torch.inference_mode():
+        assert torch.allclose(loaded(QUERIES, DOCS), tiny_model(QUERIES, DOCS), atol=1e-6)
+
+
+def test_fresh_models_with_same_seed_share_a_fingerprint():
+    assert DiPairModel(tiny_config()).fingerprint() == DiPairModel(tiny_config()).fingerprint()
+    assert DiPairModel(tiny_config(seed=1)).fingerprint() != DiPairModel(tiny_config()).fingerprint()
+
+
+def test_separate_towers(tmp_path):
+    model = DiPairModel(tiny_config(shared_encoder=False))
+    assert model.query_encoder is not model.doc_encoder
+    loaded = DiPairModel.from_pretrained(model.save_pretrained(tmp_path / "two"))
+    assert loaded.fingerprint() == model.fingerprint()
+
+
+def test_head_parameters_exclude_encoders(tiny_model):
+    head = {id(p) for p in tiny_model.head_parameters()}
+    assert not any(id(p) in head for p in tiny_model.encoders.parameters())
+    assert head
+
+
+def test_load_model_rejects_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(DiPairError, match="neither a DiPair model folder nor a Hugging Face model folder"):
+        load_model(tmp_path)

@@ -1,0 +1,73 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.model import DiPairModel
+from dipair_rerank.rerank import DiPairReranker
+from tests.conftest import TINY_DOCS, tiny_config
+
+TEXT = dict(TINY_DOCS)
+
+
+def test_cache_is_exact(tiny_index, tiny_model):
+    """Re-ranking from the cache gives the scores of scoring each pair from raw text (no cache)."""
+    reranker = DiPairReranker.from_index(tiny_index)
+    docids = [d for d, _ in TINY_DOCS]
+    ranked = reranker.rerank("quantum qubits and pets", [(d, 0.0) for d in docids])
+    with torch.inference_mode():
+        reference = {d: float(tiny_model(["quantum qubits and pets"], [TEXT[d]])) for d in docids}
+    assert len(ranked) == len(docids)
+    for hit in ranked:
+        assert hit.score == pytest.approx(reference[hit.docid], abs=1e-4)
+    assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)
+
+
+def test_accepts_pyserini_like_hits_pairs_and_docids(tiny_index):
+    reranker = DiPairReranker.from_index(tiny_index)
+    as_objects = reranker.rerank("plants", [SimpleNamespace(docid=d, score=1.0) for d in ("d5", "d8", "d1")])
+    as_pairs = reranker.rerank("plants", [("d5", 1.0), ("d8", 1.0), ("d1", 1.0)])
+    as_ids = reranker.rerank("plants", ["d5", "d8", "d1"], k=2)
+    assert as_objects == as_pairs and as_ids == as_pairs[:2]
+    assert reranker.rerank("plants", []) == []
+
+
+def test_batch_equals_one_at_a_time(tiny_index):
+    reranker = DiPairReranker.from_index(tiny_index)
+    queries = ["plants", "quantum qubits", "inflation"]
+    hits = [["d5", "d8"], ["d2", "d6", "d11", "d1"], []]
+    batched = reranker.rerank_batch(queries, hits)
+    for query, candidates, got in zip(queries, hits, batched):
+        single = reranker.rerank(query, candidates)
+        assert [h.docid for h in got] == [h.docid for h in single]
+        assert [h.score for h in got] == pytest.approx([h.score for h in single], abs=1e-5)
+
+
+def test_search_time_never_runs_the_document_encoder(tiny_index, monkeypatch):
+    reranker = DiPairReranker.from_index(tiny_index)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("document encoder ran at query time")
+
+    monkeypatch.setattr(reranker.model, "encode_documents", forbidden)
+    if not reranker.model.config.shared_encoder:
+        monkeypatch.setattr(reranker.model.doc_encoder, "forward", forbidden)
+    assert len(reranker.rerank("pets", ["d1", "d3", "d9"])) == 3
+
+
+def test_unknown_docid_is_an_error(tiny_index):
+    with pytest.raises(DiPairError, match="not in the index: nope"):
+        DiPairReranker.from_index(tiny_index).rerank("pets", ["d1", "nope"])
+
+
+def test_refuses_a_cache_built_by_another_model(tiny_index):
+    other = DiPairModel(tiny_config(seed=7))
+    with pytest.raises(DiPairError, match="was built by model .* not by the requested model"):
+        DiPairReranker.from_index(tiny_index, model=other)
+
+
+def test_timer_records_each_stage(tiny_index):
+    reranker = DiPairReranker.from_index(tiny_index)
+    reranker.rerank("pets", ["d1", "d3"])
+    assert set(reranker.timer.summary()) >= {"query_encoding", "gather", "head", "rerank"}
