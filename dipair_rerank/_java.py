@@ -31,4 +31,21 @@ def ensure_jvm() -> None:
             original(*kept)
 
     jnius_config.add_options = add_options
+    import pyserini.pyclass  # noqa: F401  (adds Anserini's jar to the classpath and starts the JVM)
+
+    _quiet_java_logs()
     _configured = True
+
+
+_java_loggers: list = []  # java.util.logging keeps loggers weakly: hold the ones we configure
+
+
+def _quiet_java_logs() -> None:
+    """Anserini logs INFO lines to stdout and Lucene to stderr; keep only warnings so our output stays ours."""
+    from jnius import autoclass
+
+    configurator = autoclass("org.apache.logging.log4j.core.config.Configurator")
+    configurator.setRootLevel(autoclass("org.apache.logging.log4j.Level").WARN)
+    logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
+    logger.setLevel(autoclass("java.util.logging.Level").WARNING)
+    _java_loggers.append(logger)

@@ -122,7 +122,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", required=True, nargs="+", help="training topics (TSV or irds:ID), one per set")
     p.add_argument("--candidates", nargs="+", default=None, help="candidate runs, one per set")
     p.add_argument("--corpus", nargs="+", default=None, help="document texts (JSONL or irds:ID), one per set")
-    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for the label loss)")
+    p.add_argument("--index", nargs="+", default=None,
+                   help="indexes per set: BM25 candidates when --candidates is absent, texts when --corpus is")
+    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for --label-weight)")
+    p.add_argument("--label-weight", type=float, default=0.0, help="weight of the qrels label loss (default 0)")
     p.add_argument("--teacher", required=True,
                    help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, model/, teacher scores)")
@@ -144,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from dipair_rerank.train.sets import TrainSetSpec, run_training
 
-    sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels)
+    sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels, args.index)
     model_dir = run_training(sets, args)
     print(f"model saved to {model_dir}")
 

@@ -46,8 +46,11 @@ class QuickstartOptions:
 
 
 def _default_name(corpus: str) -> str:
-    name = corpus.removeprefix("irds:").rstrip("/").replace("/", "-")
-    return Path(name).stem if not is_irds(corpus) else name
+    """``irds:beir/scifact/test`` -> ``beir-scifact-test``; ``data/cranfield/corpus.jsonl`` -> ``cranfield``."""
+    if is_irds(corpus):
+        return corpus.removeprefix("irds:").strip("/").replace("/", "-")
+    path = Path(corpus).resolve()
+    return path.parent.name if path.stem == "corpus" else path.stem
 
 
 def _index_is_current(layout: IndexLayout, corpus: str, model_fingerprint: str) -> bool:

@@ -90,7 +90,7 @@ def tiny_index(tiny_model, tiny_model_dir, tiny_files, tmp_path_factory) -> Path
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    root = shared_data_dir()
+    root = shared_data_dir().resolve()
     if not (root / "cranfield" / "corpus.jsonl").is_file():
         pytest.skip(f"shared data not found at {root} (set DIPAIR_DATA to its folder)")
     return root

@@ -49,7 +49,9 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _build_encoder(config: DiPairConfig, *, pretrained: bool, stored_config: Path | None = None) -> nn.Module:
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # loading a 6-layer encoder is instant; the bar is noise
     if stored_config is not None:  # weights follow from a checkpoint
         return AutoModel.from_config(AutoConfig.from_pretrained(stored_config))
     if config.encoder_config is not None:
