@@ -222,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dipair-rerank eval ... | head`
+        sys.stderr.close()
+        return 0
     return 0
 
 
