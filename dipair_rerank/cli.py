@@ -65,6 +65,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="queries per encoder/head call (default 1)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads and Lucene batch threads")
     p.add_argument("--tag", default="dipair", help="run tag (last column)")
+    p.add_argument("--query-backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="query encoder runtime (default auto: ONNX Runtime when installed, ~3x faster per query)")
     p.set_defaults(handler=_cmd_search)
 
 
@@ -78,7 +80,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DiPairError("--depth and --hits must be at least 1")
     topics = read_topics(args.topics)
     searcher = DiPairSearcher.from_index(args.index, first_stage=args.first_stage, depth=args.depth,
-                                         model=args.model, candidates=args.candidates, threads=args.threads)
+                                         model=args.model, candidates=args.candidates, threads=args.threads,
+                                         query_backend=args.query_backend)
     run = search_topics(searcher, topics, hits=args.hits, batch_size=args.batch_size, threads=args.threads)
     path = save_run(run, args.run, timer=searcher.timer, output_format=args.output_format, tag=args.tag,
                     hits=args.hits, batch_size=args.batch_size, threads=args.threads,
@@ -126,8 +129,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="indexes per set: BM25 candidates when --candidates is absent, texts when --corpus is")
     p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for --label-weight)")
     p.add_argument("--label-weight", type=float, default=0.0, help="weight of the qrels label loss (default 0)")
-    p.add_argument("--teacher", required=True,
-                   help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores")
+    p.add_argument("--teacher", required=True, nargs="+",
+                   help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores "
+                   "(e.g. from 'teacher-scores'); one for all sets or one per set")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, model/, teacher scores)")
     p.add_argument("--model", default=None, help="starting DiPair model or HF encoder (default: shipped model)")
     p.add_argument("--depth", type=int, default=30, help="candidates per query (default 30)")
@@ -141,6 +145,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX, and on GPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=_threads_default())
+    p.add_argument("--fresh", action="store_true", help="start from a fresh seeded model (not the shipped one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="DiPairConfig field of the fresh model, e.g. --set proj_dim=64 (repeatable)")
+    p.add_argument("--cached-stage1", action="store_true",
+                   help="stage 1 over cached frozen-encoder features (fast; validation split + early stopping)")
+    p.add_argument("--features", default=None, help="feature cache folder (default OUTPUT/features)")
+    p.add_argument("--feature-keep", type=int, nargs=2, default=(0, 0), metavar=("M", "N"),
+                   help="store at least M query / N document vectors (to reuse the features for larger m, n)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="queries held out per set (default 0.1)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    p.add_argument("--sample-candidates", type=int, default=None,
+                   help="candidates per query per step in cached stage 1 (default: all)")
     p.set_defaults(handler=_cmd_train)
 
 
@@ -150,6 +166,97 @@ def _cmd_train(args: argparse.Namespace) -> None:
     sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels, args.index)
     model_dir = run_training(sets, args)
     print(f"model saved to {model_dir}")
+
+
+def _add_teacher_scores(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher-scores", help="fusion teacher: weighted z-scored scorers -> a teacher run",
+                       description="Score every candidate pair with each scorer (bi-encoder, first-stage score, "
+                       "cross-encoders), z-score each per query and sum with weights; the run is a teacher for "
+                       "'train --teacher run:FILE'. --fit-qrels fits the weights on these queries first (grid "
+                       "search on nDCG@10: give a validation set, never a test set).")
+    p.add_argument("--topics", required=True, help="qid<TAB>query TSV or irds:ID")
+    p.add_argument("--candidates", required=True, help="candidate run (its scores are the first_stage scorer)")
+    p.add_argument("--corpus", required=True, help="document texts (JSONL, folder or irds:ID)")
+    p.add_argument("--scorers", default="biencoder=0.8,first_stage=0.2",
+                   help="NAME=WEIGHT,...: biencoder[:PATH], first_stage, ce:PATH (default %(default)s)")
+    p.add_argument("--output", required=True, help="teacher run to write")
+    p.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
+    p.add_argument("--fit-qrels", default=None, help="fit the weights on these qrels (writes OUTPUT.fit.json)")
+    p.add_argument("--grid-step", type=float, default=0.05, help="weight grid step for --fit-qrels")
+    p.add_argument("--cache-dir", default="eval/work/embeddings", help="embedding/score cache (default %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=_threads_default())
+    p.set_defaults(handler=_cmd_teacher_scores)
+
+
+def _cmd_teacher_scores(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from dipair_rerank.data import read_qrels, read_run, read_topics, write_run
+    from dipair_rerank.train.fusion import format_scorers, fusion_teacher, parse_scorers, write_fit_report
+    from dipair_rerank.train.sets import TrainSetSpec, _texts
+
+    torch.set_num_threads(args.threads)
+    scorers = parse_scorers(args.scorers)
+    topics = read_topics(args.topics)
+    candidates = {q: hits[: args.depth] for q, hits in read_run(args.candidates).items() if q in topics}
+    texts = _texts(TrainSetSpec(args.topics, corpus=args.corpus), {d for h in candidates.values() for d, _ in h})
+    qrels = read_qrels(args.fit_qrels) if args.fit_qrels else None
+    run, weights, fitted = fusion_teacher(scorers, topics, candidates, texts, fit_qrels=qrels,
+                                          step=args.grid_step, cache_dir=Path(args.cache_dir), device=args.device)
+    write_run(run, args.output, tag="fusion", hits=args.depth)
+    if fitted is not None:
+        write_fit_report(Path(f"{args.output}.fit.json"), scorers, weights, fitted, len(run))
+        print(f"fitted --scorers \"{format_scorers(scorers, weights)}\" (nDCG@10 {fitted:.4f} on {len(run)} queries)")
+    print(f"wrote {args.output} ({len(run)} queries, {sum(len(h) for h in run.values())} pairs)")
+
+
+def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-teacher", help="fine-tune a cross-encoder teacher on qrels + hard negatives",
+                       description="Fine-tune a sentence-transformers CrossEncoder (its trainer; checkpoints, "
+                       "resume) on topics + graded qrels, with hard negatives from a first-stage run. Several "
+                       "sets: repeat --topics/--qrels/--candidates/--corpus in the same order. Rerunning resumes.")
+    p.add_argument("--topics", required=True, nargs="+", help="training topics, one per set")
+    p.add_argument("--qrels", required=True, nargs="+", help="qrels (graded allowed), one per set")
+    p.add_argument("--candidates", required=True, nargs="+", help="first-stage runs (hard negatives), one per set")
+    p.add_argument("--corpus", required=True, nargs="+", help="document texts, one per set")
+    p.add_argument("--model", default="packaged:all-MiniLM-L6-v2",
+                   help="HF id/path to start from (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--output", required=True, help="folder for checkpoints/ and model/")
+    p.add_argument("--negatives", type=int, default=8, help="hard negatives per query (default 8)")
+    p.add_argument("--negative-depth", type=int, default=50, help="draw negatives from this run depth")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--save-steps", type=int, default=200)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (the trainer picks the GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=_threads_default())
+    p.set_defaults(handler=_cmd_train_teacher)
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from dipair_rerank.train.cross_encoder import TeacherTrainConfig, build_pairs, train_cross_encoder
+    from dipair_rerank.train.sets import TrainSetSpec, teacher_pairs
+
+    torch.set_num_threads(args.threads)
+    sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels)
+    config = TeacherTrainConfig(output=Path(args.output), negatives=args.negatives,
+                                negative_depth=args.negative_depth, epochs=args.epochs, lr=args.lr,
+                                batch_size=args.batch_size, max_length=args.max_length, save_steps=args.save_steps,
+                                bf16=args.bf16, device=args.device, seed=args.seed)
+    pairs = teacher_pairs(sets, build_pairs, negatives=args.negatives, negative_depth=args.negative_depth,
+                          seed=args.seed)
+    print(f"training on {len(pairs['query'])} pairs")
+    print(f"teacher saved to {train_cross_encoder(args.model, pairs, config)}")
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
@@ -205,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="DiPair re-ranking over Pyserini: cross-encoder-style re-ranking at a few ms per query.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_verify):
+    for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher, _add_teacher_scores,
+                _add_verify):
         add(sub)
     return parser
 

@@ -9,6 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run
+from dipair_rerank.evaluate.latency import StageTimer
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.first_stage import BM25FirstStage, DenseFirstStage, FirstStage, RunFileFirstStage
 from dipair_rerank.index_layout import IndexLayout
@@ -67,14 +68,15 @@ class DiPairSearcher:
         model: DiPairModel | str | Path | None = None,
         candidates: Run | str | Path | None = None,
         threads: int | None = None,
+        query_backend: str = "auto",
     ) -> "DiPairSearcher":
         """Open ``index_dir`` (e.g. ``indexes/scifact``) with the model recorded in it (or ``model``)."""
         layout = IndexLayout(Path(index_dir))
-        reranker = DiPairReranker.from_index(index_dir, model=model, threads=threads)
+        reranker = DiPairReranker.from_index(index_dir, model=model, threads=threads, query_backend=query_backend)
         return cls(reranker, open_first_stage(layout, first_stage, candidates), depth=depth)
 
     @property
-    def timer(self):
+    def timer(self) -> StageTimer:
         return self.reranker.timer
 
     def _search_batch(self, queries: list[str], qids: list[str], k: int, threads: int) -> list[list[RankedHit]]:

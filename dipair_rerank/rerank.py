@@ -47,12 +47,14 @@ class DiPairReranker:
     Args:
         model: the model whose document branch built ``cache`` (checked by fingerprint).
         cache: the index's prefix cache.
-        threads: torch intra-op threads (None leaves torch's setting).
+        threads: torch (and ONNX Runtime) intra-op threads (None leaves torch's setting).
         timer: where per-stage timings go (a fresh StageTimer by default).
+        query_backend: "onnx" (ONNX Runtime, fastest for single queries), "torch", or "auto" (onnx when
+            installed).
     """
 
     def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
-                 timer: StageTimer | None = None):
+                 timer: StageTimer | None = None, query_backend: str = "auto"):
         if model.fingerprint() != cache.model_fingerprint:
             raise DiPairError(
                 f"the cache at {cache.folder} was built by model {cache.model_fingerprint[:12]}, not by the "
@@ -67,22 +69,34 @@ class DiPairReranker:
         self._lengths = np.empty(0, dtype=np.uint16)
         slots = torch.arange(model.config.doc_slots)
         self._is_prefix_slot = slots < model.config.doc_prefix
+        self._encode_queries = self._query_encoder(query_backend, threads or torch.get_num_threads())
+
+    def _query_encoder(self, backend: str, threads: int):
+        from dipair_rerank.model.onnx_query import OnnxQueryEncoder, onnx_available
+
+        if backend not in ("auto", "onnx", "torch"):
+            raise DiPairError(f"unknown query backend {backend!r} (choose auto, onnx or torch)")
+        if backend == "torch" or (backend == "auto" and not onnx_available()):
+            return self.model.encode_queries
+        if not onnx_available():
+            raise DiPairError("query backend 'onnx' needs the onnx and onnxruntime packages (pip install onnx onnxruntime)")
+        return OnnxQueryEncoder(self.model, threads=threads)
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
-                   threads: int | None = None) -> "DiPairReranker":
+                   threads: int | None = None, query_backend: str = "auto") -> "DiPairReranker":
         """The re-ranker for ``index_dir``, with the model recorded in its manifest unless ``model`` is given."""
         layout = IndexLayout(Path(index_dir))
         manifest = layout.manifest()
         if not isinstance(model, DiPairModel):
             model = load_model(model if model is not None else manifest["model"])
-        return cls(model, PrefixCache(layout.cache), threads=threads)
+        return cls(model, PrefixCache(layout.cache), threads=threads, query_backend=query_backend)
 
     # ----- the three stages -----------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> Prefix:
         with torch.inference_mode(), self.timer.time("query_encoding", len(queries)):
             batch = self.model.tokenize(queries, max_length=self.model.config.query_max_length)
-            return self.model.encode_queries(batch)
+            return self._encode_queries(batch)
 
     def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer.time("gather", queries):
@@ -105,6 +119,15 @@ class DiPairReranker:
                 q_vectors = queries.vectors.repeat_interleave(repeat, dim=0)
                 q_mask = queries.mask.repeat_interleave(repeat, dim=0)
             return self.model.score_prefixes(q_vectors, q_mask, d_vectors, d_mask)
+
+    def warm_up(self, depth: int = 100) -> None:
+        """Run one throw-away query (first calls allocate and, for ONNX, optimise), then clear the timer."""
+        rows = min(depth, len(self.cache))
+        lookup = self.cache.docids
+        docids = [bytes(lookup.sorted[i]).decode("utf-8") for i in range(rows)]
+        self.rerank("warm up", docids)
+        self.rerank_batch(["warm up", "again"], [docids[:2], docids[:1]])
+        self.timer = StageTimer()
 
     # ----- public API -----------------------------------------------------------------------------------------
     def rerank_encoded(self, queries: Prefix, hits_per_query: Sequence[Sequence[Any]]) -> list[list[RankedHit]]:

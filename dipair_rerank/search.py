@@ -21,6 +21,7 @@ def search_topics(
 ) -> Run:
     """qid -> ranked (docid, score) for every topic; ``batch_size`` queries share one encoder and head call."""
     qids = list(topics)
+    searcher.reranker.warm_up(searcher.depth)
     results = searcher.batch_search(
         [topics[qid] for qid in qids], qids, k=hits, threads=threads, batch_size=batch_size, progress=progress
     )

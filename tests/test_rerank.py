@@ -71,3 +71,18 @@ def test_timer_records_each_stage(tiny_index):
     reranker = DiPairReranker.from_index(tiny_index)
     reranker.rerank("pets", ["d1", "d3"])
     assert set(reranker.timer.summary()) >= {"query_encoding", "gather", "head", "rerank"}
+
+
+def test_onnx_query_backend_matches_torch(tiny_index):
+    torch_backend = DiPairReranker.from_index(tiny_index, query_backend="torch")
+    onnx_backend = DiPairReranker.from_index(tiny_index, query_backend="onnx")
+    for query in ("pets", "quantum qubits and entangled particles in a lab"):  # shorter and longer than m
+        expected = torch_backend.rerank(query, ["d1", "d2", "d3", "d6"])
+        got = onnx_backend.rerank(query, ["d1", "d2", "d3", "d6"])
+        assert [h.docid for h in got] == [h.docid for h in expected]
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
+def test_unknown_query_backend(tiny_index):
+    with pytest.raises(DiPairError, match="unknown query backend"):
+        DiPairReranker.from_index(tiny_index, query_backend="tpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,14 @@ import numpy as np
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
 from dipair_rerank.errors import DiPairError
+
+
+def _random_access(array: np.ndarray) -> np.ndarray:
+    """Tell the kernel reads are random: no read-ahead, so a gather faults in only the rows it reads."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+    return array
 
 
 class PrefixCache:
@@ -42,7 +51,7 @@ class PrefixCache:
                 path = self.folder / f"{shard['stem']}.{kind}.npy"
                 if not path.is_file() or path.stat().st_size != shard[f"{kind}_bytes"]:
                     raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
-                store.append(np.load(path, mmap_mode="r", allow_pickle=False))
+                store.append(_random_access(np.load(path, mmap_mode="r", allow_pickle=False)))
         self.docids = DocidLookup(self.folder)
 
     def __len__(self) -> int:

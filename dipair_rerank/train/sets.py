@@ -89,11 +89,81 @@ def _prefixed(run: Run, prefix: str) -> Run:
     return {prefix + qid: [(prefix + d, s) for d, s in hits] for qid, hits in run.items()}
 
 
+def teacher_pairs(sets: Sequence[TrainSetSpec], build, *, negatives: int, negative_depth: int,
+                  seed: int) -> dict[str, list]:
+    """Cross-encoder training pairs of every set (``build`` is ``cross_encoder.build_pairs``), concatenated."""
+    merged: dict[str, list] = {"query": [], "passage": [], "label": []}
+    for spec in sets:
+        topics = read_topics(spec.topics)
+        run = _candidates(spec, topics, negative_depth)
+        qrels = read_qrels(spec.qrels) if spec.qrels else {}
+        wanted = {d for hits in run.values() for d, _ in hits} | {d for docs in qrels.values() for d in docs}
+        texts = _texts_available(spec, wanted)
+        pairs = build(topics, qrels, run, texts, negatives=negatives, negative_depth=negative_depth, seed=seed)
+        for column, values in pairs.items():
+            merged[column].extend(values)
+    return merged
+
+
+def _texts_available(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
+    """Texts of the ``docids`` the corpus has (qrels may judge documents outside a pooled corpus)."""
+    return {doc.docid: doc.text for doc in read_corpus(spec.corpus) if doc.docid in docids}
+
+
+def _teachers(spec: str | Sequence[str], count: int) -> list[str]:
+    """One teacher per set: a single value applies to every set (cross-encoders); ``run:`` files name qids of
+    one collection, so mixed sets give one per set."""
+    values = [spec] if isinstance(spec, str) else list(spec)
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise DiPairError(f"--teacher needs one value, or one per --topics ({count}), got {len(values)}")
+    return values
+
+
+def _config_overrides(pairs: Sequence[str] | None) -> dict[str, object]:
+    """``key=value`` pairs (``--set proj_dim=64``) typed by the DiPairConfig field they name."""
+    from dataclasses import fields
+
+    from dipair_rerank.model import DiPairConfig
+
+    types = {f.name: f.type for f in fields(DiPairConfig)}
+    values: dict[str, object] = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or key not in types:
+            raise DiPairError(f"--set {pair!r}: expected KEY=VALUE with KEY a DiPairConfig field")
+        kind = str(types[key])
+        try:
+            if "bool" in kind:
+                values[key] = text.lower() in ("1", "true", "yes", "on")
+            elif "int" in kind:
+                values[key] = int(text)
+            elif "float" in kind:
+                values[key] = float(text)
+            else:
+                values[key] = text
+        except ValueError as exc:
+            raise DiPairError(f"--set {pair!r}: {text!r} is not a valid {kind}") from exc
+    return values
+
+
+def starting_model(model: str | None, overrides: Sequence[str] | None, fresh: bool):
+    """The student to train: a fresh seeded DiPair (``fresh``, or ``--set`` given) or ``load_model(model)``."""
+    from dipair_rerank.model import DiPairConfig, DiPairModel, load_model
+
+    values = _config_overrides(overrides)
+    if fresh or values:
+        if model is not None and not fresh:
+            raise DiPairError("--set builds a fresh model; add --fresh, or drop --model")
+        return DiPairModel(DiPairConfig(**values))
+    return load_model(model)
+
+
 def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
     """Score every set with the teacher, merge the sets and distil; returns the final model folder."""
     import torch
 
-    from dipair_rerank.model import load_model
     from dipair_rerank.train import TrainConfig, score_candidates, train_dipair
 
     torch.set_num_threads(args.threads)
@@ -107,22 +177,66 @@ def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
     texts: dict[str, str] = {}
     teacher: Run = {}
     qrels: dict[str, dict[str, int]] = {}
-    for number, spec in enumerate(sets):
+    group: dict[str, str] = {}
+    for number, (spec, teacher_spec) in enumerate(zip(sets, _teachers(args.teacher, len(sets)), strict=True)):
         prefix = f"{number}:" if len(sets) > 1 else ""
         set_topics = read_topics(spec.topics)
         set_candidates = _candidates(spec, set_topics, args.depth)
         set_texts = _texts(spec, {d for hits in set_candidates.values() for d, _ in hits})
-        set_teacher = score_candidates(args.teacher, set_topics, set_candidates, set_texts,
+        set_teacher = score_candidates(teacher_spec, set_topics, set_candidates, set_texts,
                                        cache_dir=output / "teacher", device=args.device)
         topics.update({prefix + q: t for q, t in set_topics.items()})
         candidates.update(_prefixed(set_candidates, prefix))
         teacher.update(_prefixed(set_teacher, prefix))
         texts.update({prefix + d: t for d, t in set_texts.items()})
+        group.update({prefix + q: str(number) for q in set_candidates})
         if spec.qrels is not None:
             qrels.update({prefix + q: {prefix + d: r for d, r in docs.items()}
                           for q, docs in read_qrels(spec.qrels).items()})
         logger.info("set %s: %d queries, %d pairs", spec.topics, len(set_candidates),
                     sum(len(h) for h in set_candidates.values()))
-    model = load_model(args.model)
-    train_dipair(model, topics, candidates, texts, teacher, config, qrels=qrels or None)
-    return output / "model"
+    model = starting_model(args.model, getattr(args, "set", None), getattr(args, "fresh", False))
+    if not getattr(args, "cached_stage1", False):
+        train_dipair(model, topics, candidates, texts, teacher, config, qrels=qrels or None)
+        return output / "model"
+    return _run_cached(model, topics, candidates, texts, teacher, qrels, group, config, args)
+
+
+def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config, args) -> Path:
+    """Stage 1 over cached features (validation split, early stopping), then optional stage 2 end to end on
+    the training queries only."""
+    import dataclasses
+
+    from dipair_rerank.train import train_dipair
+    from dipair_rerank.train.cached import CachedStage1Config, split_validation, train_stage1_cached
+    from dipair_rerank.train.distill import _replace_dir, _save_model_dir, _write_json, build_examples
+    from dipair_rerank.train.features import extract_features
+
+    output = config.output
+    examples = build_examples(topics, candidates, teacher, texts, depth=config.depth, qrels=qrels or None)
+    train, val = split_validation(examples, args.val_fraction, args.seed, group)
+    logger.info("cached stage 1: %d training queries, %d validation queries", len(train), len(val))
+    features = Path(args.features) if args.features else output / "features"
+    mc = model.config
+    q_keep, d_keep = max(mc.query_prefix, args.feature_keep[0]), max(mc.doc_prefix, args.feature_keep[1])
+    queries = extract_features(model, [e.query for e in examples], features / f"query-L{mc.query_max_length}-k{q_keep}",
+                               side="query", keep=q_keep)
+    docs = extract_features(model, list(dict.fromkeys(texts[d] for e in examples for d in e.docids)),
+                            features / f"doc-L{mc.doc_max_length}-k{d_keep}", side="doc", keep=d_keep)
+    stage1 = CachedStage1Config(epochs=args.stage1_epochs, lr=args.stage1_lr, queries_per_step=args.queries_per_step,
+                                sample_candidates=args.sample_candidates, loss=args.loss,
+                                label_weight=args.label_weight, val_fraction=args.val_fraction,
+                                patience=args.patience, bf16=args.bf16, seed=args.seed, device=args.device)
+    summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output)
+    _write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
+    if config.stage2_epochs > 0:
+        keep = {e.qid for e in train}
+        train_dipair(model, {q: t for q, t in topics.items() if q in keep},
+                     {q: h for q, h in candidates.items() if q in keep}, texts, teacher,
+                     dataclasses.replace(config, stage1_epochs=0), qrels=qrels or None)
+        return output / "model"
+    final = output / "model"
+    tmp = final.with_name(final.name + ".tmp")
+    model.save_pretrained(tmp, save_encoder=False)  # encoders untouched: ship head + projections only
+    _replace_dir(tmp, final)
+    return final

@@ -70,3 +70,18 @@ def test_load_model_rejects_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "junk.txt").write_text("x")
     with pytest.raises(DiPairError, match="neither a DiPair model folder nor a Hugging Face model folder"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_first_token_head_path_equals_the_full_head(layers):
+    """The inference path that computes only position 0 in the last layer gives the full layers' numbers."""
+    model = DiPairModel(tiny_config(head_layers=layers))
+    torch.nn.init.normal_(model.score_out.weight, std=0.5)  # make the head's output count
+    tokens = torch.randn(5, model.config.query_slots + model.config.doc_slots, model.config.proj_dim)
+    padding = torch.zeros(5, tokens.shape[1], dtype=torch.bool)
+    padding[:, 2:4] = True
+    padding[1, 6:9] = True
+    with torch.inference_mode():
+        fast = model._head_first_token(tokens, padding)
+        full = model.head(tokens, src_key_padding_mask=padding)[:, 0]
+    assert torch.allclose(fast, full, atol=1e-5)

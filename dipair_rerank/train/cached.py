@@ -1,0 +1,341 @@
+"""Stage 1 over cached frozen-encoder features: many epochs of projections + head in minutes, with a held-out
+validation split and early stopping on nDCG@10.
+
+Why: stage 1 never changes the encoders, so their outputs are computed once (``features.py``) and each step only
+projects the stored prefixes and runs the head. Validation queries (a seeded fraction of every training set)
+are never trained on; the epoch with the best validation nDCG@10 (against qrels where a set has them) is kept.
+
+On disk, under ``output``::
+
+    stage1-cached.pt      last epoch's head/projection weights, optimiser, history, best weights (resume)
+    stage1-history.json   per-epoch loss, validation nDCG@10 and time (readable)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.modeling import DiPairModel
+from dipair_rerank.train.distill import Example
+from dipair_rerank.train.features import FeatureStore, project_features
+from dipair_rerank.train.losses import LOSSES, combined_loss
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "stage1-cached.pt"
+HISTORY_NAME = "stage1-history.json"
+
+
+@dataclass
+class CachedStage1Config:
+    """Stage 1 over cached features.
+
+    Attributes:
+        epochs: maximum epochs (early stopping usually ends sooner).
+        lr: AdamW learning rate (stage 1 can take a large one: the encoders are frozen).
+        queries_per_step: queries per optimiser step (all their candidates in one head call).
+        sample_candidates: candidates per query per step (a random subset of its list, the teacher's best
+            always included); ``None`` keeps them all. Cuts the cost per epoch when lists are long.
+        loss / temperature / label_weight: see ``losses.combined_loss``.
+        val_fraction: share of each set's queries held out for validation (seeded).
+        patience: epochs without a better validation nDCG@10 before stopping.
+        warmup_steps: linear learning-rate warm-up.
+        weight_decay / max_grad_norm: AdamW decay, gradient clipping.
+        bf16: bf16 autocast for the head's forward pass.
+        seed: query order, sampling, validation split.
+        device / progress: torch device; progress bars.
+    """
+
+    epochs: int = 20
+    lr: float = 1e-3
+    queries_per_step: int = 32
+    sample_candidates: int | None = None
+    loss: str = "kl"
+    temperature: float = 1.0
+    label_weight: float = 0.0
+    val_fraction: float = 0.1
+    patience: int = 3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise DiPairError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DiPairError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.epochs < 0 or self.queries_per_step < 1 or self.patience < 1:
+            raise DiPairError("epochs >= 0, queries_per_step >= 1 and patience >= 1 are required")
+
+
+def split_validation(examples: Sequence[Example], fraction: float, seed: int,
+                     group: Mapping[str, str] | None = None) -> tuple[list[Example], list[Example]]:
+    """(train, validation): ``fraction`` of the queries of every group (set) held out, seeded."""
+    by_group: dict[str, list[Example]] = {}
+    for example in examples:
+        by_group.setdefault((group or {}).get(example.qid, ""), []).append(example)
+    train: list[Example] = []
+    val: list[Example] = []
+    for name in sorted(by_group):
+        items = sorted(by_group[name], key=lambda e: e.qid)
+        random.Random(f"{seed}:{name}").shuffle(items)
+        cut = int(round(len(items) * fraction))
+        val.extend(items[:cut])
+        train.extend(items[cut:])
+    return train, val
+
+
+class _Packed:
+    """Examples as padded arrays: feature rows of query and candidates, teacher scores, grades, mask."""
+
+    def __init__(self, examples: Sequence[Example], q_rows: np.ndarray, d_rows: Sequence[np.ndarray]):
+        width = max(len(e.docids) for e in examples)
+        count = len(examples)
+        self.q_rows = np.asarray(q_rows, dtype=np.int64)
+        self.d_rows = np.zeros((count, width), np.int64)
+        self.teacher = np.zeros((count, width), np.float32)
+        self.relevance = np.zeros((count, width), np.float32)
+        self.mask = np.zeros((count, width), bool)
+        for i, (example, rows) in enumerate(zip(examples, d_rows, strict=True)):
+            k = len(example.docids)
+            self.d_rows[i, :k] = rows
+            self.teacher[i, :k] = example.teacher
+            if example.relevance:
+                self.relevance[i, :k] = example.relevance
+            self.mask[i, :k] = True
+        self.has_qrels = self.relevance.max(axis=1) > 0
+
+    def __len__(self) -> int:
+        return len(self.q_rows)
+
+
+def pack(examples: Sequence[Example], queries: FeatureStore, docs: FeatureStore,
+         doc_text: Mapping[str, str]) -> _Packed:
+    """Feature rows for every query and candidate of ``examples``."""
+    q_rows = queries.rows([e.query for e in examples])
+    d_rows = [docs.rows([doc_text[d] for d in e.docids]) for e in examples]
+    return _Packed(examples, q_rows, d_rows)
+
+
+def _sample(packed: _Packed, index: np.ndarray, size: int | None, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(doc rows, teacher, relevance, mask) of the chosen queries, ``size`` candidates each (teacher's best kept)."""
+    rows, teacher, rel, mask = (packed.d_rows[index], packed.teacher[index], packed.relevance[index],
+                                packed.mask[index])
+    if size is None or size >= rows.shape[1]:
+        return rows, teacher, rel, mask
+    keys = rng.random(rows.shape) + np.where(mask, 0.0, 10.0)  # padding last
+    best = np.argmax(np.where(mask, teacher, -np.inf), axis=1)
+    keys[np.arange(len(index)), best] = -1.0  # the teacher's top candidate always in
+    pick = np.argsort(keys, axis=1)[:, :size]
+    take = lambda a: np.take_along_axis(a, pick, axis=1)  # noqa: E731
+    return take(rows), take(teacher), take(rel), take(mask)
+
+
+def cached_scores(model: DiPairModel, queries: FeatureStore, docs: FeatureStore, q_rows: np.ndarray,
+                  d_rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Student scores [Q, K] for queries ``q_rows`` [Q] against candidates ``d_rows`` [Q, K] (feature rows)."""
+    config = model.config
+    count, width = d_rows.shape
+    q_vec, q_mask = project_features(
+        model, "query", torch.from_numpy(queries.prefix[q_rows]).to(device),
+        torch.from_numpy(queries.mask[q_rows]).to(device), torch.from_numpy(queries.pooled[q_rows]).to(device),
+        config.query_prefix)
+    flat = d_rows.reshape(-1)
+    d_vec, d_mask = project_features(
+        model, "doc", torch.from_numpy(docs.prefix[flat]).to(device), torch.from_numpy(docs.mask[flat]).to(device),
+        torch.from_numpy(docs.pooled[flat]).to(device), config.doc_prefix)
+    owner = torch.arange(count, device=device).repeat_interleave(width)
+    return model.score_prefixes(q_vec[owner], q_mask[owner], d_vec, d_mask).float().view(count, width)
+
+
+def _ndcg10_rows(scores: np.ndarray, relevance: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """nDCG@10 per row over its real candidates (ideal from the judged candidates in the list)."""
+    scores = np.where(mask, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    discounts = 1.0 / np.log2(np.arange(2, 12))
+    gains = (2.0 ** np.take_along_axis(np.where(mask, relevance, 0), order, axis=1) - 1)
+    dcg = (gains * discounts[: gains.shape[1]]).sum(axis=1)
+    ideal = -np.sort(-(2.0 ** np.where(mask, relevance, 0) - 1), axis=1)[:, :10]
+    idcg = (ideal * discounts[: ideal.shape[1]]).sum(axis=1)
+    return np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
+
+
+@torch.no_grad()
+def validate(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: FeatureStore,
+             device: torch.device, *, batch: int = 64, bf16: bool = False) -> dict[str, float]:
+    """nDCG@10 against qrels (queries with any) and agreement with the teacher (its top 3 as grades)."""
+    was_training = model.training
+    model.eval()
+    scores = np.zeros(packed.mask.shape, np.float32)
+    for start in range(0, len(packed), batch):
+        idx = np.arange(start, min(start + batch, len(packed)))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = cached_scores(model, queries, docs, packed.q_rows[idx], packed.d_rows[idx], device)
+        scores[idx] = out.float().cpu().numpy()
+    model.train(was_training)
+    teacher_rank = np.argsort(np.argsort(-np.where(packed.mask, packed.teacher, -np.inf), axis=1), axis=1)
+    teacher_grades = np.where(teacher_rank < 3, 1.0, 0.0)
+    result = {"val_teacher_ndcg10": float(_ndcg10_rows(scores, teacher_grades, packed.mask).mean())}
+    if packed.has_qrels.any():
+        rows = packed.has_qrels
+        result["val_ndcg10"] = float(_ndcg10_rows(scores[rows], packed.relevance[rows], packed.mask[rows]).mean())
+    else:
+        result["val_ndcg10"] = result["val_teacher_ndcg10"]
+    return result
+
+
+def teacher_validation(packed: _Packed) -> float:
+    """The teacher's own nDCG@10 on the validation queries with qrels: the ceiling distillation aims at."""
+    rows = packed.has_qrels
+    if not rows.any():
+        return float("nan")
+    return float(_ndcg10_rows(packed.teacher[rows], packed.relevance[rows], packed.mask[rows]).mean())
+
+
+def _head_state(model: DiPairModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("encoders.")}
+
+
+def train_stage1_cached(
+    model: DiPairModel,
+    train: Sequence[Example],
+    val: Sequence[Example],
+    queries: FeatureStore,
+    docs: FeatureStore,
+    doc_text: Mapping[str, str],
+    config: CachedStage1Config,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train projections + head of ``model`` on cached features; leaves the best epoch's weights in ``model``.
+
+    Returns:
+        A summary: history, best epoch, best validation nDCG@10, the teacher's validation nDCG@10.
+    """
+    if queries.keep < model.config.query_prefix or docs.keep < model.config.doc_prefix:
+        raise DiPairError(f"features keep {queries.keep}/{docs.keep} vectors; the model needs "
+                          f"{model.config.query_prefix}/{model.config.doc_prefix}")
+    device = torch.device(config.device)
+    model.to(device)
+    for param in model.encoders.parameters():
+        param.requires_grad_(False)
+    params = model.head_parameters()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    train_packed = pack(train, queries, docs, doc_text)
+    val_packed = pack(val, queries, docs, doc_text) if val else None
+    steps_per_epoch = math.ceil(len(train_packed) / config.queries_per_step)
+    total_steps = max(1, steps_per_epoch * config.epochs)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    output = Path(output) if output is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch, step, best, best_epoch, best_state = 1, 0, -1.0, 0, _head_state(model)
+    if output is not None and (output / STATE_NAME).is_file():
+        saved = torch.load(output / STATE_NAME, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        history = json.loads(saved["history"])
+        start_epoch, step = int(saved["epoch"]) + 1, int(saved["step"])
+        best, best_epoch, best_state = float(saved["best"]), int(saved["best_epoch"]), saved["best_state"]
+        logger.info("resuming stage 1 after epoch %d (best %.4f at epoch %d)", start_epoch - 1, best, best_epoch)
+    teacher_val = teacher_validation(val_packed) if val_packed is not None else float("nan")
+    if val_packed is not None and not history:
+        start = validate(model, val_packed, queries, docs, device, bf16=config.bf16)
+        best = start["val_ndcg10"]
+        history.append({"epoch": 0, **start})
+        logger.info("before training: %s (teacher %.4f)", start, teacher_val)
+
+    stale = 0  # epochs since the best, recomputed from history on resume
+    for record in history[1:]:
+        stale = 0 if record["epoch"] == best_epoch else stale + 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if val_packed is not None and stale >= config.patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        model.encoders.eval()
+        rng = np.random.default_rng(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        order = rng.permutation(len(train_packed))
+        losses: list[float] = []
+        bar = tqdm(total=steps_per_epoch, desc=f"stage 1 (cached) epoch {epoch}", unit="step",
+                   disable=not config.progress)
+        with bar:
+            for begin in range(0, len(order), config.queries_per_step):
+                idx = order[begin : begin + config.queries_per_step]
+                rows, teacher, rel, mask = _sample(train_packed, idx, config.sample_candidates, rng)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                    scores = cached_scores(model, queries, docs, train_packed.q_rows[idx], rows, device)
+                mask_t = torch.from_numpy(mask).to(device)
+                loss = combined_loss(config.loss, scores.float().masked_fill(~mask_t, 0.0),
+                                     torch.from_numpy(teacher).to(device), mask_t, temperature=config.temperature,
+                                     relevance=torch.from_numpy(rel).to(device), label_weight=config.label_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise DiPairError(f"stage 1 epoch {epoch}: loss became {value} (lower the learning rate?)")
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                step += 1
+                losses.append(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
+                                  "seconds": round(time.perf_counter() - started, 1)}
+        if val_packed is not None:
+            record.update(validate(model, val_packed, queries, docs, device, bf16=config.bf16))
+            if record["val_ndcg10"] > best + 1e-6:
+                best, best_epoch, best_state, stale = record["val_ndcg10"], epoch, _head_state(model), 0
+            else:
+                stale += 1
+        else:
+            best, best_epoch, best_state = float("nan"), epoch, _head_state(model)
+        history.append(record)
+        logger.info("stage 1 epoch %d: %s", epoch, record)
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            tmp = output / (STATE_NAME + ".tmp")
+            torch.save({"model": _head_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                        "step": step, "best": best, "best_epoch": best_epoch, "best_state": best_state,
+                        "history": json.dumps(history)}, tmp)
+            tmp.replace(output / STATE_NAME)
+            (output / HISTORY_NAME).write_text(json.dumps({"history": history, "best_epoch": best_epoch,
+                                                           "teacher_val_ndcg10": teacher_val,
+                                                           "config": asdict(config)}, indent=2) + "\n")
+    model.load_state_dict(best_state, strict=False)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.eval()
+    return {"history": history, "best_epoch": best_epoch, "best_val_ndcg10": best, "teacher_val_ndcg10": teacher_val}
+
+
+__all__ = ["CachedStage1Config", "cached_scores", "pack", "split_validation", "train_stage1_cached", "validate"]

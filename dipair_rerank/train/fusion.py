@@ -1,0 +1,333 @@
+"""A fusion teacher: a weighted sum of per-query z-scored scorers (bi-encoder, first stage, cross-encoders).
+
+Why: no strong cross-encoder can be downloaded offline, and one fine-tuned here on a few thousand pairs is weak
+(issue 3). A per-query z-score fusion of the all-MiniLM-L6-v2 bi-encoder with BM25 beats every single scorer
+we have, so it is the teacher the student distils. The output is a TREC run, used as ``--teacher run:FILE``.
+
+Scorer specs (comma-separated ``NAME=WEIGHT``):
+
+    biencoder          cosine of the packaged all-MiniLM-L6-v2 embeddings (sentence-transformers)
+    biencoder:PATH     the same with another SentenceTransformer id/path
+    first_stage        the candidate run's own score (e.g. BM25)
+    ce:PATH            a CrossEncoder id/path (raw logits, cached by ``teacher.score_candidates``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dipair_rerank.data.runs import Run, sort_hits
+from dipair_rerank.errors import DiPairError
+
+logger = logging.getLogger(__name__)
+
+BIENCODER = "biencoder"
+FIRST_STAGE = "first_stage"
+CROSS_ENCODER_PREFIX = "ce:"
+PACKAGED_BIENCODER = "packaged:all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """One fused scorer: ``kind`` (biencoder, first_stage, ce), its model (if any) and weight."""
+
+    name: str
+    kind: str
+    model: str | None
+    weight: float
+
+
+def parse_scorers(spec: str) -> list[ScorerSpec]:
+    """``"biencoder=0.8,first_stage=0.2"`` -> scorer specs (a missing ``=W`` means weight 1).
+
+    Raises:
+        DiPairError: an unknown scorer or a weight that is not a number.
+    """
+    scorers: list[ScorerSpec] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight_text = part.rpartition("=") if "=" in part else (part, "", "1")
+        try:
+            weight = float(weight_text)
+        except ValueError as exc:
+            raise DiPairError(f"scorer {part!r}: weight {weight_text!r} is not a number") from exc
+        if name == FIRST_STAGE:
+            scorers.append(ScorerSpec(name, FIRST_STAGE, None, weight))
+        elif name == BIENCODER or name.startswith(BIENCODER + ":"):
+            model = name[len(BIENCODER) + 1 :] or PACKAGED_BIENCODER
+            scorers.append(ScorerSpec(name, BIENCODER, model, weight))
+        elif name.startswith(CROSS_ENCODER_PREFIX) and len(name) > len(CROSS_ENCODER_PREFIX):
+            scorers.append(ScorerSpec(name, "ce", name[len(CROSS_ENCODER_PREFIX) :], weight))
+        else:
+            raise DiPairError(f"unknown scorer {name!r} (use biencoder[:PATH], first_stage or ce:PATH)")
+    if not scorers:
+        raise DiPairError("no scorers given (e.g. 'biencoder=0.8,first_stage=0.2')")
+    if len({s.name for s in scorers}) != len(scorers):
+        raise DiPairError(f"scorer named twice in {spec!r}")
+    return scorers
+
+
+def format_scorers(scorers: Sequence[ScorerSpec], weights: Sequence[float] | None = None) -> str:
+    weights = weights if weights is not None else [s.weight for s in scorers]
+    return ",".join(f"{s.name}={w:g}" for s, w in zip(scorers, weights, strict=True))
+
+
+# ----- normalisation and fusion -----------------------------------------------------------------------------
+def zscore(run: Run) -> Run:
+    """Per-query z-scores: scorers on different scales (cosines, BM25, logits) become comparable."""
+    out: Run = {}
+    for qid, hits in run.items():
+        values = np.asarray([s for _, s in hits], dtype=np.float64)
+        std = values.std() if len(values) > 1 else 0.0
+        normed = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+        out[qid] = [(docid, float(v)) for (docid, _), v in zip(hits, normed)]
+    return out
+
+
+def fuse(runs: Sequence[Run], weights: Sequence[float]) -> Run:
+    """Weighted sum of z-scored runs over the pairs of the first run (every run must cover them)."""
+    normed = [{qid: dict(hits) for qid, hits in zscore(run).items()} for run in runs]
+    fused: Run = {}
+    for qid, hits in runs[0].items():
+        rows = [n.get(qid, {}) for n in normed]
+        fused[qid] = sort_hits(
+            (docid, float(sum(w * row[docid] for w, row in zip(weights, rows, strict=True)))) for docid, _ in hits
+        )
+    return fused
+
+
+def _ndcg10(ranked: Sequence[str], grades: Mapping[str, int]) -> float:
+    gains = [max(grades.get(d, 0), 0) for d in ranked[:10]]
+    ideal = sorted((max(g, 0) for g in grades.values()), reverse=True)[:10]
+    dcg = sum((2**g - 1) / np.log2(i + 2) for i, g in enumerate(gains))
+    idcg = sum((2**g - 1) / np.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def mean_ndcg10(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> float:
+    """nDCG@10 (exponential gains, as trec_eval/ir_measures) over queries with a relevant judgment; fast
+    enough for grid searches and per-epoch validation."""
+    qids = [q for q in run if any(g > 0 for g in qrels.get(q, {}).values())]
+    if not qids:
+        return 0.0
+    return float(np.mean([_ndcg10([d for d, _ in run[q]], qrels[q]) for q in qids]))
+
+
+def fit_weights(
+    runs: Sequence[Run], qrels: Mapping[str, Mapping[str, int]], *, step: float = 0.05
+) -> tuple[list[float], float]:
+    """Grid search over weights on the simplex (sum 1, multiples of ``step``) maximising nDCG@10.
+
+    Returns:
+        (best weights, their nDCG@10); ties go to the first grid point (more weight on earlier scorers).
+    """
+    units = round(1 / step)
+    best: tuple[list[float], float] = ([1.0] + [0.0] * (len(runs) - 1), -1.0)
+    for combo in itertools.product(range(units, -1, -1), repeat=len(runs) - 1):
+        rest = units - sum(combo)
+        if rest < 0:
+            continue
+        weights = [c / units for c in combo] + [rest / units]
+        value = mean_ndcg10(fuse(runs, weights), qrels)
+        if value > best[1] + 1e-12:
+            best = (weights, value)
+    return best
+
+
+# ----- scorers ----------------------------------------------------------------------------------------------
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Normalised embeddings of one SentenceTransformer by text hash, in ``<dir>/emb-<hash>.{npy,keys}``:
+    the bi-encoder teacher and the bi-encoder baseline of the effectiveness table encode each text once."""
+
+    def __init__(self, cache_dir: Path | None, model_name: str):
+        self.model_name = model_name
+        self.vectors: dict[str, np.ndarray] = {}
+        self.path: Path | None = None
+        if cache_dir is not None:
+            name = hashlib.sha256(model_name.encode()).hexdigest()[:12]
+            self.path = Path(cache_dir) / f"emb-{name}"
+            keys, vecs = self.path.with_suffix(".keys"), self.path.with_suffix(".npy")
+            if keys.is_file() and vecs.is_file():
+                matrix = np.load(vecs)
+                for key, row in zip(keys.read_text().split(), matrix, strict=True):
+                    self.vectors[key] = row
+
+    def save(self) -> None:
+        if self.path is None or not self.vectors:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self.vectors)
+        tmp_vecs = self.path.with_name(self.path.name + ".tmp.npy")
+        np.save(tmp_vecs, np.stack([self.vectors[k] for k in keys]))
+        tmp_keys = self.path.with_name(self.path.name + ".tmp.keys")
+        tmp_keys.write_text("\n".join(keys) + "\n")
+        tmp_vecs.replace(self.path.with_suffix(".npy"))
+        tmp_keys.replace(self.path.with_suffix(".keys"))
+
+
+def load_biencoder(model: str = PACKAGED_BIENCODER, *, device: str = "cpu"):
+    """A SentenceTransformer; ``packaged:all-MiniLM-L6-v2`` is the offline wheel's copy."""
+    from sentence_transformers import SentenceTransformer
+
+    from dipair_rerank.model.config import resolve_encoder_path
+
+    try:
+        return SentenceTransformer(resolve_encoder_path(model), device=device)
+    except Exception as exc:  # a bad path or id: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DiPairError(f"cannot load bi-encoder {model!r}: {first}") from exc
+
+
+def embed(
+    texts: Sequence[str],
+    *,
+    model: str = PACKAGED_BIENCODER,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    chunk: int = 2048,
+    progress: bool = True,
+) -> np.ndarray:
+    """L2-normalised embeddings [len(texts), dim] (fp32), encoding only texts not in the cache; the cache is
+    saved every ``chunk`` texts so an interrupted run keeps its work."""
+    cache = EmbeddingCache(cache_dir, model)
+    keys = [_text_key(t) for t in texts]
+    todo = list(dict.fromkeys(k for k in keys if k not in cache.vectors))
+    if todo:
+        text_of = dict(zip(keys, texts))
+        encoder = load_biencoder(model, device=device)
+        todo.sort(key=lambda k: -len(text_of[k]))
+        with tqdm(total=len(todo), desc="bi-encoder", unit="text", disable=not progress) as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                vectors = encoder.encode([text_of[k] for k in part], batch_size=batch_size,
+                                         normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+                for key, vector in zip(part, vectors, strict=True):
+                    cache.vectors[key] = vector.astype(np.float32)
+                cache.save()
+                bar.update(len(part))
+    return np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+
+def biencoder_scores(
+    topics: Mapping[str, str],
+    candidates: Run,
+    doc_text: Mapping[str, str],
+    *,
+    model: str = PACKAGED_BIENCODER,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Run:
+    """Cosine of query and document embeddings for every candidate pair, best first."""
+    qids = [q for q in candidates if q in topics]
+    docids = list(dict.fromkeys(d for q in qids for d, _ in candidates[q]))
+    q_vecs = embed([topics[q] for q in qids], model=model, cache_dir=cache_dir, batch_size=batch_size,
+                   device=device, progress=progress)
+    d_vecs = embed([doc_text[d] for d in docids], model=model, cache_dir=cache_dir, batch_size=batch_size,
+                   device=device, progress=progress)
+    row = {d: i for i, d in enumerate(docids)}
+    run: Run = {}
+    for qi, qid in enumerate(qids):
+        rows = [row[d] for d, _ in candidates[qid]]
+        scores = d_vecs[rows] @ q_vecs[qi]
+        run[qid] = sort_hits(zip((d for d, _ in candidates[qid]), scores.astype(float).tolist()))
+    return run
+
+
+def scorer_runs(
+    scorers: Sequence[ScorerSpec],
+    topics: Mapping[str, str],
+    candidates: Run,
+    doc_text: Mapping[str, str],
+    *,
+    cache_dir: Path | None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[Run]:
+    """One run of raw scores per scorer, over the candidate pairs of queries with topic text."""
+    from dipair_rerank.train.teacher import score_candidates
+
+    candidates = {q: hits for q, hits in candidates.items() if q in topics}
+    if not candidates:
+        raise DiPairError("the candidates and the topics share no query ids")
+    missing = next((d for hits in candidates.values() for d, _ in hits if d not in doc_text), None)
+    if missing is not None:
+        raise DiPairError(f"candidate document {missing!r} has no text")
+    runs: list[Run] = []
+    for scorer in scorers:
+        if scorer.kind == FIRST_STAGE:
+            runs.append({q: sort_hits(hits) for q, hits in candidates.items()})
+        elif scorer.kind == BIENCODER:
+            runs.append(biencoder_scores(topics, candidates, doc_text, model=scorer.model or PACKAGED_BIENCODER,
+                                         cache_dir=cache_dir, device=device, progress=progress))
+        else:
+            runs.append(score_candidates(scorer.model or "", topics, candidates, doc_text,
+                                         cache_dir=cache_dir or Path("."), device=device, progress=progress))
+    return runs
+
+
+def fusion_teacher(
+    scorers: Sequence[ScorerSpec],
+    topics: Mapping[str, str],
+    candidates: Run,
+    doc_text: Mapping[str, str],
+    *,
+    fit_qrels: Mapping[str, Mapping[str, int]] | None = None,
+    step: float = 0.05,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[Run, list[float], float | None]:
+    """Fused teacher scores for every candidate pair.
+
+    Returns:
+        (run, weights used, nDCG@10 of the fit or None): with ``fit_qrels`` the weights are fitted on these
+        queries by grid search (use a validation/training split, never a test set), else the spec's weights.
+    """
+    runs = scorer_runs(scorers, topics, candidates, doc_text, cache_dir=cache_dir, device=device,
+                       progress=progress)
+    weights = [s.weight for s in scorers]
+    fitted: float | None = None
+    if fit_qrels is not None:
+        weights, fitted = fit_weights(runs, fit_qrels, step=step)
+        for scorer, run in zip(scorers, runs, strict=True):
+            logger.info("%s alone: nDCG@10 %.4f", scorer.name, mean_ndcg10(run, fit_qrels))
+        logger.info("fitted %s: nDCG@10 %.4f", format_scorers(scorers, weights), fitted)
+    return fuse(runs, weights), weights, fitted
+
+
+def write_fit_report(path: Path, scorers: Sequence[ScorerSpec], weights: Sequence[float], ndcg: float,
+                     queries: int) -> None:
+    """JSON beside the run: the fitted weights, so other sets are labelled with the same teacher."""
+    path.write_text(json.dumps({"scorers": format_scorers(scorers, weights), "ndcg@10": ndcg,
+                                "queries": queries}, indent=2) + "\n")
+
+
+__all__ = [
+    "EmbeddingCache",
+    "ScorerSpec",
+    "biencoder_scores",
+    "embed",
+    "fit_weights",
+    "format_scorers",
+    "fuse",
+    "fusion_teacher",
+    "mean_ndcg10",
+    "parse_scorers",
+    "scorer_runs",
+    "zscore",
+]

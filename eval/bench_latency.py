@@ -1,0 +1,143 @@
+"""Re-rank latency, side by side in one process (issue 4): DiPair vs cross-encoders on the same candidates.
+
+Per query, after warm-up, with torch threads = --threads (default 2), on the same top-``depth`` candidates of
+the DL19 BM25 run:
+  (a) DiPair re-rank stage = query encoding + cache gather + head (and each part);
+  (b) the same-backbone cross-encoder (MiniLM-L6 body) scoring the pairs from raw text;
+  (c) a BERT-base-size cross-encoder (12 layers, 768 wide, random weights: only time matters);
+  (d) BM25 + DiPair end to end, batched over all queries: queries per second.
+Ratios (b)/(a) and (c)/(a) are computed query by query, then summarised.
+
+    python eval/bench_latency.py --index indexes/dl19        # build it first: eval/core_dl19.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from dipair_rerank.data import read_run, read_topics, shared_data_dir
+from dipair_rerank.evaluate.latency import describe
+from dipair_rerank.evaluate.report import format_table
+
+
+def _cross_encoder(kind: str, device_threads: int):
+    """(model, tokenizer) of a cross-encoder: the packaged MiniLM body with a fresh score head, or BERT-base size."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    from transformers.utils import logging as hf_logging
+
+    from dipair_rerank.model.config import DEFAULT_ENCODER, resolve_encoder_path
+
+    hf_logging.set_verbosity_error()
+    path = resolve_encoder_path(DEFAULT_ENCODER)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if kind == "minilm":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(BertConfig(num_labels=1))  # 12 x 768, 110M
+    return model.eval(), tokenizer
+
+
+def _time_cross_encoder(model, tokenizer, query: str, texts: list[str], max_length: int, batch_size: int) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer([query] * len(texts[i : i + batch_size]), texts[i : i + batch_size], padding=True,
+                              truncation="only_second", max_length=max_length, return_tensors="pt")
+            model(**batch)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def main() -> None:
+    data = shared_data_dir() / "msmarco-dl19"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", default="indexes/dl19")
+    parser.add_argument("--topics", default=str(data / "queries.tsv"))
+    parser.add_argument("--candidates", default=str(data / "runs" / "bm25.top100.trec"))
+    parser.add_argument("--depth", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=0, help="DiPair queries (0: all)")
+    parser.add_argument("--ce-queries", type=int, default=8, help="queries timed for the cross-encoders")
+    parser.add_argument("--ce-max-length", type=int, default=256, help="cross-encoder tokens per pair")
+    parser.add_argument("--ce-batch-size", type=int, default=32)
+    parser.add_argument("--query-backend", default="auto")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the topics for (d)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    from dipair_rerank._java import ensure_jvm
+
+    ensure_jvm()
+    from pyserini.search.lucene import LuceneSearcher
+
+    from dipair_rerank.pipeline import DiPairSearcher
+    from dipair_rerank.rerank import DiPairReranker
+
+    topics = read_topics(args.topics)
+    run = read_run(args.candidates)
+    qids = [q for q in topics if q in run][: args.queries or None]
+    reranker = DiPairReranker.from_index(args.index, threads=args.threads, query_backend=args.query_backend)
+    reranker.warm_up(args.depth)
+
+    # (a) DiPair, one query at a time, each stage timed by the re-ranker's own timer
+    for qid in qids:
+        reranker.rerank(topics[qid], run[qid][: args.depth])
+    timer = reranker.timer
+    stages = {s: timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")}
+    dipair_ms = sum(stages.values())
+
+    # (b), (c) cross-encoders on the same candidates, texts from the index's stored contents
+    lucene = LuceneSearcher(str(Path(args.index) / "lucene"))
+    rows: list[dict[str, object]] = [
+        {"system": "(a) DiPair re-rank stage", **_p(dipair_ms)},
+        *({"system": f"    {name}", **_p(values)} for name, values in stages.items()),
+    ]
+    ratios: dict[str, np.ndarray] = {}
+    for label, kind in (("(b) cross-encoder, MiniLM-L6 body", "minilm"), ("(c) cross-encoder, BERT-base size", "base")):
+        model, tokenizer = _cross_encoder(kind, args.threads)
+        sample = qids[: args.ce_queries]
+        texts = {q: [lucene.doc(d).contents() for d, _ in run[q][: args.depth]] for q in sample}
+        _time_cross_encoder(model, tokenizer, topics[sample[0]], texts[sample[0]][:8], args.ce_max_length, 8)
+        times = np.array([_time_cross_encoder(model, tokenizer, topics[q], texts[q], args.ce_max_length,
+                                              args.ce_batch_size) for q in sample])
+        rows.append({"system": label, **_p(times)})
+        ratios[label[:3]] = times / dipair_ms[: len(sample)]
+        del model
+
+    # (d) BM25 + DiPair end to end, batched
+    searcher = DiPairSearcher.from_index(args.index, first_stage="bm25", depth=args.depth, threads=args.threads,
+                                         query_backend=args.query_backend)
+    searcher.reranker.warm_up(args.depth)
+    all_qids = list(topics)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        searcher.batch_search([topics[q] for q in all_qids], all_qids, k=args.depth, threads=args.threads,
+                              batch_size=len(all_qids))
+    qps = args.repeats * len(all_qids) / (time.perf_counter() - start)
+
+    print(f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
+          f"torch threads {args.threads}  depth {args.depth}  query backend {args.query_backend}  "
+          f"{len(qids)} queries (cross-encoders: {len(next(iter(ratios.values())))}, max length {args.ce_max_length})")
+    print(format_table(rows, ["system", "p50 ms", "p95 ms", "mean ms"]))
+    for name, values in ratios.items():
+        print(f"{name}/(a) per query: p50 {np.percentile(values, 50):.0f}x  min {values.min():.0f}x  "
+              f"max {values.max():.0f}x")
+    print(f"(d) BM25 + DiPair@{args.depth}, batched ({len(all_qids)} queries x {args.repeats}): {qps:.1f} queries/s")
+
+
+def _p(values: np.ndarray) -> dict[str, float]:
+    stats = describe(np.asarray(values, dtype=np.float64))
+    return {"p50 ms": stats["p50"], "p95 ms": stats["p95"], "mean ms": stats["mean"]}
+
+
+if __name__ == "__main__":
+    main()

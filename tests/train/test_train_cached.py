@@ -1,0 +1,83 @@
+"""Cached stage 1: stored features reproduce the model's encoders, training improves the head only, resumes."""
+
+import json
+
+import numpy as np
+import torch
+
+from dipair_rerank.cli import main
+from dipair_rerank.model import DiPairModel
+from dipair_rerank.train.cached import CachedStage1Config, split_validation, train_stage1_cached
+from dipair_rerank.train.distill import build_examples
+from dipair_rerank.train.features import extract_features, project_features
+from tests.conftest import TINY_DOCS, TINY_QRELS, TINY_TOPICS, tiny_config
+
+
+def test_features_reproduce_the_encoder_path(tmp_path):
+    model = DiPairModel(tiny_config())
+    texts = [t for _, t in TINY_DOCS]
+    store = extract_features(model, texts, tmp_path / "doc", side="doc", keep=8, batch_size=5, chunk_size=4,
+                             progress=False)
+    again = extract_features(model, texts + ["a new text"], tmp_path / "doc", side="doc", keep=8, progress=False)
+    assert len(store) == len(texts) and len(again) == len(texts) + 1  # resumes: only the new text encoded
+    rows = store.rows(texts)
+    with torch.no_grad():
+        vec, mask = project_features(model, "doc", torch.from_numpy(store.prefix[rows]), torch.from_numpy(
+            store.mask[rows]), torch.from_numpy(store.pooled[rows]), model.config.doc_prefix)
+        ref = model.encode_documents(model.tokenize(texts, max_length=model.config.doc_max_length))
+    assert torch.equal(mask, ref.mask)
+    assert torch.allclose(vec, ref.vectors, atol=2e-2)  # fp16-stored encoder outputs
+
+
+def _examples():
+    teacher = {q: [(d, float(len(set(t.split()) & set(TINY_TOPICS[q].split())))) for d, t in TINY_DOCS]
+               for q in TINY_TOPICS}
+    cands = {q: [(d, 0.0) for d, _ in TINY_DOCS] for q in TINY_TOPICS}
+    return build_examples(TINY_TOPICS, cands, teacher, dict(TINY_DOCS), depth=12, qrels=TINY_QRELS)
+
+
+def test_cached_stage1_trains_head_only_and_resumes(tmp_path):
+    model = DiPairModel(tiny_config())
+    encoder_before = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+    head_before = model.score_out.weight.clone()
+    examples = _examples()
+    train, val = split_validation(examples, 0.25, 0)
+    assert len(val) == 1 and {e.qid for e in train}.isdisjoint({e.qid for e in val})
+    queries = extract_features(model, [e.query for e in examples], tmp_path / "q", side="query", keep=4,
+                               progress=False)
+    docs = extract_features(model, [t for _, t in TINY_DOCS], tmp_path / "d", side="doc", keep=6, progress=False)
+    config = CachedStage1Config(epochs=2, lr=1e-2, queries_per_step=2, sample_candidates=5, patience=5,
+                                warmup_steps=1, label_weight=0.5, progress=False)
+    summary = train_stage1_cached(model, train, val, queries, docs, dict(TINY_DOCS), config, tmp_path / "out")
+    assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]
+    assert all(torch.equal(v, model.encoders.state_dict()[k]) for k, v in encoder_before.items())
+    last = torch.load(tmp_path / "out" / "stage1-cached.pt", weights_only=True)["model"]
+    assert not torch.equal(head_before, last["score_out.weight"])  # trained (the best epoch may still be 0)
+    history = json.loads((tmp_path / "out" / "stage1-history.json").read_text())
+    assert len(history["history"]) == 3
+    longer = CachedStage1Config(**{**config.__dict__, "epochs": 3})
+    resumed = train_stage1_cached(DiPairModel(tiny_config()), train, val, queries, docs, dict(TINY_DOCS), longer,
+                                  tmp_path / "out")
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]  # epochs 1-2 not repeated
+
+
+def test_train_command_cached_stage1(tiny_files, tmp_path, capsys):
+    cands = tmp_path / "cands.trec"
+    cands.write_text("".join(f"{q} Q0 d{i} {i} {20 - i}.0 bm25\n" for q in TINY_TOPICS for i in range(1, 9)))
+    argv = ["train", "--topics", str(tiny_files["topics"]), str(tiny_files["topics"]),
+            "--candidates", str(cands), str(cands), "--corpus", str(tiny_files["corpus"]), str(tiny_files["corpus"]),
+            "--qrels", str(tiny_files["qrels"]), str(tiny_files["qrels"]),
+            "--teacher", f"run:{cands}", f"run:{cands}", "--output", str(tmp_path / "out"), "--fresh",
+            "--set", "encoder_config=", "--depth", "6", "--stage1-epochs", "2", "--stage2-epochs", "0",
+            "--cached-stage1", "--val-fraction", "0.25", "--threads", "1"]
+    # encoder_config cannot be given on the command line: use the tiny model through --model instead
+    argv = [a for a in argv if a not in ("--fresh", "--set", "encoder_config=")]
+    from tests.conftest import tiny_config as cfg
+    model_dir = DiPairModel(cfg()).save_pretrained(tmp_path / "tiny")
+    assert main(argv + ["--model", str(model_dir)]) == 0
+    model = DiPairModel.from_pretrained(tmp_path / "out" / "model")
+    summary = json.loads((tmp_path / "out" / "stage1-summary.json").read_text())
+    assert summary["best_epoch"] in (0, 1, 2)
+    assert np.isfinite(summary["best_val_ndcg10"])
+    assert model.config.doc_prefix == cfg().doc_prefix
+    assert "model saved to" in capsys.readouterr().out
