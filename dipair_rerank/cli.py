@@ -127,7 +127,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", nargs="+", default=None, help="document texts (JSONL or irds:ID), one per set")
     p.add_argument("--index", nargs="+", default=None,
                    help="indexes per set: BM25 candidates when --candidates is absent, texts when --corpus is")
-    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for --label-weight)")
+    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for --label-weight and validation; '-' for a set without)")
     p.add_argument("--label-weight", type=float, default=0.0, help="weight of the qrels label loss (default 0)")
     p.add_argument("--teacher", required=True, nargs="+",
                    help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores "

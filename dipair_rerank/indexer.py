@@ -80,10 +80,10 @@ def _build_lucene(corpus: Path, target: Path, count: int, options: IndexOptions)
     ensure_jvm()
     from pyserini.index.lucene import LuceneIndexer
 
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + ".tmp")  # Java resolves relative paths against its own start-up cwd
     shutil.rmtree(tmp, ignore_errors=True)
     indexer = LuceneIndexer(
-        args=["-index", str(tmp), "-storeRaw", "-storeContents", "-storePositions", "-storeDocvectors"],
+        args=["-index", str(tmp.resolve()), "-storeRaw", "-storeContents", "-storePositions", "-storeDocvectors"],
         threads=options.threads,
     )
     batch: list[str] = []

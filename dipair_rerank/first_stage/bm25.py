@@ -20,7 +20,7 @@ class BM25FirstStage:
         ensure_jvm()
         from pyserini.search.lucene import LuceneSearcher
 
-        self.searcher = LuceneSearcher(str(lucene_dir))
+        self.searcher = LuceneSearcher(str(Path(lucene_dir).resolve()))  # the JVM keeps its start-up cwd
         self.searcher.set_bm25(k1, b)
 
     def retrieve(self, qids: list[str], queries: list[str], k: int, *, query_vectors: np.ndarray | None = None,

@@ -1,17 +1,35 @@
-"""Training: teacher scoring (cached), distillation losses, and two-stage DiPair distillation."""
+"""Training: teacher scoring (cached), fusion teachers, teacher fine-tuning, losses, and two-stage distillation
+(stage 1 optionally over cached frozen-encoder features)."""
 
 from dipair_rerank.train import losses
+from dipair_rerank.train.cached import CachedStage1Config, split_validation, train_stage1_cached
+from dipair_rerank.train.cross_encoder import TeacherTrainConfig, build_pairs, train_cross_encoder
 from dipair_rerank.train.distill import TrainConfig, read_train_state, train_dipair
+from dipair_rerank.train.features import FeatureStore, extract_features
+from dipair_rerank.train.fusion import fit_weights, fuse, fusion_teacher, parse_scorers, zscore
 from dipair_rerank.train.losses import label_loss, listwise_kl, pointwise_mse
 from dipair_rerank.train.teacher import score_candidates
 
 __all__ = [
+    "CachedStage1Config",
+    "FeatureStore",
+    "TeacherTrainConfig",
     "TrainConfig",
+    "build_pairs",
+    "extract_features",
+    "fit_weights",
+    "fuse",
+    "fusion_teacher",
     "label_loss",
     "listwise_kl",
     "losses",
+    "parse_scorers",
     "pointwise_mse",
     "read_train_state",
     "score_candidates",
+    "split_validation",
+    "train_cross_encoder",
     "train_dipair",
+    "train_stage1_cached",
+    "zscore",
 ]

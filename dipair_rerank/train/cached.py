@@ -105,7 +105,9 @@ def split_validation(examples: Sequence[Example], fraction: float, seed: int,
 class _Packed:
     """Examples as padded arrays: feature rows of query and candidates, teacher scores, grades, mask."""
 
-    def __init__(self, examples: Sequence[Example], q_rows: np.ndarray, d_rows: Sequence[np.ndarray]):
+    def __init__(self, examples: Sequence[Example], q_rows: np.ndarray, d_rows: Sequence[np.ndarray],
+                 groups: Sequence[str] | None = None):
+        self.groups = np.asarray(groups if groups is not None else [""] * len(examples))
         width = max(len(e.docids) for e in examples)
         count = len(examples)
         self.q_rows = np.asarray(q_rows, dtype=np.int64)
@@ -127,11 +129,17 @@ class _Packed:
 
 
 def pack(examples: Sequence[Example], queries: FeatureStore, docs: FeatureStore,
-         doc_text: Mapping[str, str]) -> _Packed:
-    """Feature rows for every query and candidate of ``examples``."""
+         doc_text: Mapping[str, str], group: Mapping[str, str] | None = None) -> _Packed:
+    """Feature rows for every query and candidate of ``examples`` (``group``: qid -> training set)."""
     q_rows = queries.rows([e.query for e in examples])
     d_rows = [docs.rows([doc_text[d] for d in e.docids]) for e in examples]
-    return _Packed(examples, q_rows, d_rows)
+    return _Packed(examples, q_rows, d_rows, [(group or {}).get(e.qid, "") for e in examples])
+
+
+def _macro(values: np.ndarray, packed: _Packed, rows: np.ndarray) -> float:
+    """Mean over training sets of each set's mean: a large pseudo-query set does not drown a small real one."""
+    groups = packed.groups[rows]
+    return float(np.mean([values[groups == g].mean() for g in np.unique(groups)]))
 
 
 def _sample(packed: _Packed, index: np.ndarray, size: int | None, rng: np.random.Generator
@@ -181,7 +189,8 @@ def _ndcg10_rows(scores: np.ndarray, relevance: np.ndarray, mask: np.ndarray) ->
 @torch.no_grad()
 def validate(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: FeatureStore,
              device: torch.device, *, batch: int = 64, bf16: bool = False) -> dict[str, float]:
-    """nDCG@10 against qrels (queries with any) and agreement with the teacher (its top 3 as grades)."""
+    """nDCG@10 against qrels (queries with any; macro-averaged over sets, and per set) and agreement with the
+    teacher (its top 3 as grades)."""
     was_training = model.training
     model.eval()
     scores = np.zeros(packed.mask.shape, np.float32)
@@ -193,10 +202,14 @@ def validate(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: F
     model.train(was_training)
     teacher_rank = np.argsort(np.argsort(-np.where(packed.mask, packed.teacher, -np.inf), axis=1), axis=1)
     teacher_grades = np.where(teacher_rank < 3, 1.0, 0.0)
-    result = {"val_teacher_ndcg10": float(_ndcg10_rows(scores, teacher_grades, packed.mask).mean())}
+    everything = np.arange(len(packed))
+    result = {"val_teacher_ndcg10": _macro(_ndcg10_rows(scores, teacher_grades, packed.mask), packed, everything)}
     if packed.has_qrels.any():
-        rows = packed.has_qrels
-        result["val_ndcg10"] = float(_ndcg10_rows(scores[rows], packed.relevance[rows], packed.mask[rows]).mean())
+        rows = np.flatnonzero(packed.has_qrels)
+        per_query = _ndcg10_rows(scores[rows], packed.relevance[rows], packed.mask[rows])
+        result["val_ndcg10"] = _macro(per_query, packed, rows)
+        for name in np.unique(packed.groups[rows]):
+            result[f"val_ndcg10[{name}]"] = float(per_query[packed.groups[rows] == name].mean())
     else:
         result["val_ndcg10"] = result["val_teacher_ndcg10"]
     return result
@@ -204,10 +217,10 @@ def validate(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: F
 
 def teacher_validation(packed: _Packed) -> float:
     """The teacher's own nDCG@10 on the validation queries with qrels: the ceiling distillation aims at."""
-    rows = packed.has_qrels
-    if not rows.any():
+    rows = np.flatnonzero(packed.has_qrels)
+    if not len(rows):
         return float("nan")
-    return float(_ndcg10_rows(packed.teacher[rows], packed.relevance[rows], packed.mask[rows]).mean())
+    return _macro(_ndcg10_rows(packed.teacher[rows], packed.relevance[rows], packed.mask[rows]), packed, rows)
 
 
 def _head_state(model: DiPairModel) -> dict[str, torch.Tensor]:
@@ -223,6 +236,7 @@ def train_stage1_cached(
     doc_text: Mapping[str, str],
     config: CachedStage1Config,
     output: str | Path | None = None,
+    group: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train projections + head of ``model`` on cached features; leaves the best epoch's weights in ``model``.
 
@@ -241,8 +255,8 @@ def train_stage1_cached(
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    train_packed = pack(train, queries, docs, doc_text)
-    val_packed = pack(val, queries, docs, doc_text) if val else None
+    train_packed = pack(train, queries, docs, doc_text, group)
+    val_packed = pack(val, queries, docs, doc_text, group) if val else None
     steps_per_epoch = math.ceil(len(train_packed) / config.queries_per_step)
     total_steps = max(1, steps_per_epoch * config.epochs)
 

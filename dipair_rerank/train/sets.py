@@ -36,7 +36,7 @@ class TrainSetSpec:
                 return [None] * len(topics)
             if len(values) != len(topics):
                 raise DiPairError(f"{flag} needs one value per --topics ({len(topics)}), got {len(values)}")
-            return list(values)
+            return [None if value == "-" else value for value in values]  # "-": none for this set
 
         columns = zip(topics, per_set(candidates, "--candidates"), per_set(corpus, "--corpus"),
                       per_set(qrels, "--qrels"), per_set(index, "--index"))
@@ -72,7 +72,7 @@ def _texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
         ensure_jvm()
         from pyserini.search.lucene import LuceneSearcher
 
-        searcher = LuceneSearcher(str(IndexLayout(Path(spec.index)).lucene))
+        searcher = LuceneSearcher(str(IndexLayout(Path(spec.index)).lucene.resolve()))
         texts = {}
         for docid in docids:
             doc = searcher.doc(docid)
@@ -160,31 +160,26 @@ def starting_model(model: str | None, overrides: Sequence[str] | None, fresh: bo
     return load_model(model)
 
 
-def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
-    """Score every set with the teacher, merge the sets and distil; returns the final model folder."""
-    import torch
+def load_sets(sets: Sequence[TrainSetSpec], teachers: Sequence[str], *, depth: int, cache_dir: Path,
+              device: str = "cpu") -> tuple[dict[str, str], Run, dict[str, str], Run, dict[str, dict[str, int]],
+                                            dict[str, str]]:
+    """Every set's topics, top-``depth`` candidates, texts, teacher scores and qrels, merged with ids prefixed
+    by set number when there are several; plus qid -> set number (for per-set validation splits)."""
+    from dipair_rerank.train import score_candidates
 
-    from dipair_rerank.train import TrainConfig, score_candidates, train_dipair
-
-    torch.set_num_threads(args.threads)
-    output = Path(args.output)
-    config = TrainConfig(output=output, depth=args.depth, stage1_epochs=args.stage1_epochs,
-                         stage1_lr=args.stage1_lr, stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr,
-                         queries_per_step=args.queries_per_step, loss=args.loss, device=args.device,
-                         seed=args.seed, bf16=args.bf16, label_weight=args.label_weight)
     topics: dict[str, str] = {}
     candidates: Run = {}
     texts: dict[str, str] = {}
     teacher: Run = {}
     qrels: dict[str, dict[str, int]] = {}
     group: dict[str, str] = {}
-    for number, (spec, teacher_spec) in enumerate(zip(sets, _teachers(args.teacher, len(sets)), strict=True)):
+    for number, (spec, teacher_spec) in enumerate(zip(sets, teachers, strict=True)):
         prefix = f"{number}:" if len(sets) > 1 else ""
         set_topics = read_topics(spec.topics)
-        set_candidates = _candidates(spec, set_topics, args.depth)
+        set_candidates = _candidates(spec, set_topics, depth)
         set_texts = _texts(spec, {d for hits in set_candidates.values() for d, _ in hits})
         set_teacher = score_candidates(teacher_spec, set_topics, set_candidates, set_texts,
-                                       cache_dir=output / "teacher", device=args.device)
+                                       cache_dir=cache_dir, device=device)
         topics.update({prefix + q: t for q, t in set_topics.items()})
         candidates.update(_prefixed(set_candidates, prefix))
         teacher.update(_prefixed(set_teacher, prefix))
@@ -195,6 +190,23 @@ def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
                           for q, docs in read_qrels(spec.qrels).items()})
         logger.info("set %s: %d queries, %d pairs", spec.topics, len(set_candidates),
                     sum(len(h) for h in set_candidates.values()))
+    return topics, candidates, texts, teacher, qrels, group
+
+
+def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
+    """Score every set with the teacher, merge the sets and distil; returns the final model folder."""
+    import torch
+
+    from dipair_rerank.train import TrainConfig, train_dipair
+
+    torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    config = TrainConfig(output=output, depth=args.depth, stage1_epochs=args.stage1_epochs,
+                         stage1_lr=args.stage1_lr, stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr,
+                         queries_per_step=args.queries_per_step, loss=args.loss, device=args.device,
+                         seed=args.seed, bf16=args.bf16, label_weight=args.label_weight)
+    topics, candidates, texts, teacher, qrels, group = load_sets(
+        sets, _teachers(args.teacher, len(sets)), depth=args.depth, cache_dir=output / "teacher", device=args.device)
     model = starting_model(args.model, getattr(args, "set", None), getattr(args, "fresh", False))
     if not getattr(args, "cached_stage1", False):
         train_dipair(model, topics, candidates, texts, teacher, config, qrels=qrels or None)
@@ -227,7 +239,7 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
                                 sample_candidates=args.sample_candidates, loss=args.loss,
                                 label_weight=args.label_weight, val_fraction=args.val_fraction,
                                 patience=args.patience, bf16=args.bf16, seed=args.seed, device=args.device)
-    summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output)
+    summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output, group=group)
     _write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
     if config.stage2_epochs > 0:
         keep = {e.qid for e in train}
