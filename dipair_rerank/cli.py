@@ -35,14 +35,32 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default 32)")
     p.add_argument("--shard-rows", type=int, default=65536, help="documents per cache shard (default 65536)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch and Lucene threads")
+    p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
+                   help="cache storage: fp16 (exact), int8 (half size), pq (--pq-m bytes per vector)")
+    p.add_argument("--pq-m", type=int, default=8, help="pq sub-quantisers = bytes per cached vector (default 8)")
+    p.add_argument("--shard-id", type=int, default=0, help="build only this slice of the cache shards ...")
+    p.add_argument("--num-shards", type=int, default=1, help="... out of this many (run one per process/machine; "
+                   "the run that completes the set publishes the index)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: encode shards on a Ray actor pool (pip install 'dipair-rerank[ray]')")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (one model each, --threads torch threads)")
     p.set_defaults(handler=_cmd_index)
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
     from dipair_rerank.indexer import IndexOptions, build_index
 
+    if not 0 <= args.shard_id < args.num_shards:
+        raise DiPairError(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
     layout = build_index(args.corpus, args.index, model=args.model, options=IndexOptions(
-        dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads))
+        dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
+        codec=args.codec, pq_m=args.pq_m, shard_id=args.shard_id, num_shards=args.num_shards, engine=args.engine,
+        ray_address=args.ray_address, workers=args.workers))
+    if not layout.manifest_path.is_file():
+        print(f"wrote cache shards {args.shard_id} (mod {args.num_shards}) of {layout.root}; "
+              "the run that completes the set publishes it")
+        return
     manifest = layout.manifest()
     print(f"indexed {manifest['num_docs']} documents into {layout.root} ({', '.join(manifest['components'])}) "
           f"in {manifest['build_seconds']} s")
@@ -333,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `dipair-rerank eval ... | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the environment, not a bug: a full disk, a read-only or missing folder
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -50,6 +50,7 @@ class DiPairSearcher:
         self.reranker = reranker
         self.first_stage = first_stage
         self.depth = depth
+        self._short = (0, depth)  # (queries with fewer than depth candidates, fewest seen): logged by batch_search
         if isinstance(first_stage, RunFileFirstStage):  # fail before searching, not halfway through
             docids = sorted({docid for hits in first_stage.run.values() for docid, _ in hits})
             rows = reranker.cache.rows(docids, strict=False)
@@ -89,6 +90,8 @@ class DiPairSearcher:
             candidates = self.first_stage.retrieve(qids, queries, fetch, query_vectors=vectors, threads=threads)
         if encoded is None:
             encoded = self.reranker.encode_queries(queries)
+        short = [len(hits) for hits in candidates if len(hits) < self.depth]
+        self._short = (self._short[0] + len(short), min([self._short[1], *short]))
         heads = [hits[: self.depth] for hits in candidates]
         reranked = self.reranker.rerank_encoded(encoded, heads)
         results = []
@@ -109,12 +112,16 @@ class DiPairSearcher:
         if len(queries) != len(qids):
             raise DiPairError(f"{len(queries)} queries but {len(qids)} qids")
         results: dict[str, list[RankedHit]] = {}
+        self._short = (0, self.depth)
         with tqdm(total=len(qids), desc="search", unit="query", disable=not progress) as bar:
             for start in range(0, len(qids), batch_size):
                 chunk_q, chunk_ids = queries[start : start + batch_size], qids[start : start + batch_size]
                 for qid, hits in zip(chunk_ids, self._search_batch(chunk_q, chunk_ids, k, threads)):
                     results[qid] = hits
                 bar.update(len(chunk_ids))
+        if self._short[0]:  # not an error: re-rank what the first stage found, but say so once
+            logger.warning("%d of %d queries had fewer than depth=%d candidates (as few as %d); re-ranked those "
+                           "they had", self._short[0], len(qids), self.depth, self._short[1])
         return results
 
 

@@ -65,8 +65,6 @@ class DiPairReranker:
         self.model = model.eval()
         self.cache = cache
         self.timer = timer or StageTimer()
-        self._buffer = np.empty((0, cache.slots, cache.dim), dtype=np.float16)
-        self._lengths = np.empty(0, dtype=np.uint16)
         slots = torch.arange(model.config.doc_slots)
         self._is_prefix_slot = slots < model.config.doc_prefix
         self._encode_queries = self._query_encoder(query_backend, threads or torch.get_num_threads())
@@ -89,7 +87,10 @@ class DiPairReranker:
         layout = IndexLayout(Path(index_dir))
         manifest = layout.manifest()
         if not isinstance(model, DiPairModel):
-            model = load_model(model if model is not None else manifest["model"])
+            recorded = manifest["model"]
+            if (layout.root / recorded).is_dir():  # a model saved inside the index
+                recorded = layout.root / recorded
+            model = load_model(model if model is not None else recorded)
         return cls(model, PrefixCache(layout.cache), threads=threads, query_backend=query_backend)
 
     # ----- the three stages -----------------------------------------------------------------------------------
@@ -100,12 +101,8 @@ class DiPairReranker:
 
     def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer.time("gather", queries):
-            rows = self.cache.rows(docids)
-            if len(rows) > len(self._buffer):
-                self._buffer = np.empty((len(rows), self.cache.slots, self.cache.dim), dtype=np.float16)
-                self._lengths = np.empty(len(rows), dtype=np.uint16)
-            blocks, lengths = self.cache.gather(rows, self._buffer, self._lengths)
-            vectors = torch.from_numpy(blocks).float()
+            blocks, lengths = self.cache.gather(self.cache.rows(docids))
+            vectors = torch.from_numpy(blocks).float()  # a copy: the cache reuses its buffer
             lengths_t = torch.from_numpy(lengths.astype(np.int64))
             mask = (torch.arange(self.model.config.doc_slots) < lengths_t.unsqueeze(1)) | ~self._is_prefix_slot
             return vectors, mask

@@ -71,3 +71,34 @@ def test_rebuild_replaces_the_previous_index(tiny_model, tmp_path):
     build_index(corpus, tmp_path / "idx", model=tiny_model, options=IndexOptions(**OPTIONS))
     assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["num_docs"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "idx"]
+
+
+def test_shard_slices_publish_once_complete_and_equal_a_single_build(tiny_model, tiny_files, tmp_path):
+    target = tmp_path / "sliced"
+    for shard_id in (1, 0):
+        build_index(tiny_files["corpus"], target, model=tiny_model,
+                    options=IndexOptions(**OPTIONS, shard_id=shard_id, num_shards=2))
+        assert (target / "manifest.json").is_file() == (shard_id == 0)  # the slice completing the set publishes
+    single = build_index(tiny_files["corpus"], tmp_path / "single", model=tiny_model, options=IndexOptions(**OPTIONS))
+    for path in sorted(single.cache.glob("*.npy")):
+        assert (target / "dipair" / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("codec", ["int8", "pq"])
+def test_lossy_codec_index_reranks(tiny_model, tiny_files, tmp_path, codec):
+    from dipair_rerank.rerank import DiPairReranker
+
+    layout = build_index(tiny_files["corpus"], tmp_path / codec, model=tiny_model,
+                         options=IndexOptions(**OPTIONS, codec=codec, pq_m=4))
+    cache = PrefixCache(layout.cache)
+    assert cache.meta["codec"] == codec and (layout.cache / "codec.npy").is_file()
+    exact = DiPairReranker.from_index(tiny_index_for(tiny_model, tiny_files, tmp_path), query_backend="torch")
+    lossy = DiPairReranker.from_index(layout.root, query_backend="torch")
+    docids = [d for d, _ in TINY_DOCS]
+    exact_scores = {h.docid: h.score for h in exact.rerank("quantum pets", docids)}
+    lossy_scores = {h.docid: h.score for h in lossy.rerank("quantum pets", docids)}
+    assert max(abs(exact_scores[d] - lossy_scores[d]) for d in docids) < (0.05 if codec == "int8" else 0.5)
+
+
+def tiny_index_for(model, files, tmp_path):
+    return build_index(files["corpus"], tmp_path / "fp16", model=model, options=IndexOptions(**OPTIONS)).root

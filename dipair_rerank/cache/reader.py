@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from dipair_rerank.cache.codecs import load_codec
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
 from dipair_rerank.errors import DiPairError
@@ -53,6 +54,10 @@ class PrefixCache:
                     raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
                 store.append(_random_access(np.load(path, mmap_mode="r", allow_pickle=False)))
         self.docids = DocidLookup(self.folder)
+        self.codec = load_codec(self.meta.get("codec", "fp16"), self.dim, self.meta.get("codec_params", {}), self.folder)
+        self.bytes_per_doc: int = self.meta.get("bytes_per_doc", self.slots * self.dim * 2 + 2)
+        self._codes = np.empty((0, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)
+        self._lengths = np.empty(0, dtype=np.uint16)
 
     def __len__(self) -> int:
         return self.num_docs
@@ -65,26 +70,28 @@ class PrefixCache:
             raise DiPairError(f"docid(s) not in the index: {', '.join(missing)}")
         return rows
 
-    def gather(
-        self, rows: np.ndarray, out: np.ndarray | None = None, out_lengths: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Blocks [k, slots, dim] fp16 and prefix lengths [k] for ``rows``, one ``np.take`` per shard touched."""
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded blocks [k, slots, dim] (fp16 for the fp16 codec, else float32) and prefix lengths [k].
+
+        Codes are taken with one ``np.take`` per shard touched into a buffer reused across calls (so the
+        returned arrays are only valid until the next call), then decoded for these k rows only.
+        """
         k = len(rows)
-        if out is None:
-            out = np.empty((k, self.slots, self.dim), dtype=np.float16)
-        if out_lengths is None:
-            out_lengths = np.empty(k, dtype=np.uint16)
+        if k > len(self._codes):
+            self._codes = np.empty((k, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)
+            self._lengths = np.empty(k, dtype=np.uint16)
+        codes, lengths = self._codes[:k], self._lengths[:k]
         if len(self.vectors) == 1:
-            np.take(self.vectors[0], rows, axis=0, out=out[:k])
-            np.take(self.lengths[0], rows, out=out_lengths[:k])
-            return out[:k], out_lengths[:k]
-        shard_of = rows // self.shard_rows
-        for shard in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == shard)
-            local = rows[where] - shard * self.shard_rows
-            out[where] = self.vectors[shard][local]
-            out_lengths[where] = self.lengths[shard][local]
-        return out[:k], out_lengths[:k]
+            np.take(self.vectors[0], rows, axis=0, out=codes)
+            np.take(self.lengths[0], rows, out=lengths)
+        else:
+            shard_of = rows // self.shard_rows
+            for shard in np.unique(shard_of):
+                where = np.flatnonzero(shard_of == shard)
+                local = rows[where] - shard * self.shard_rows
+                codes[where] = self.vectors[shard][local]
+                lengths[where] = self.lengths[shard][local]
+        return self.codec.decode(codes), lengths
 
     def verify(self) -> list[str]:
         """Problems found by re-hashing every shard file (empty list = intact)."""

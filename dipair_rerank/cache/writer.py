@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dipair_rerank.cache.codecs import CODEC_STATE, Codec, load_codec, make_codec, save_codec_state
 from dipair_rerank.cache.docids import write_docid_lookup
 
 CACHE_CONFIG = "cache.json"
@@ -55,6 +56,9 @@ class CacheWriter:
         model_config: that model's DiPairConfig as a dict (recorded for users and checks).
         slots / dim: block shape per document.
         shard_rows: documents per shard.
+        codec / codec_params: how vectors are stored (see cache/codecs.py); a codec that needs training is
+            trained on the first shard written (or ``train_codec``) and its state kept in the folder, so a
+            resumed build encodes the rest identically.
     """
 
     folder: Path
@@ -63,10 +67,22 @@ class CacheWriter:
     slots: int
     dim: int
     shard_rows: int = 65536
+    codec_name: str = "fp16"
+    codec_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        trained = self.codec_name == "fp16" or (self.folder / CODEC_STATE).is_file()
+        self.codec: Codec = (load_codec(self.codec_name, self.dim, self.codec_params, self.folder) if trained
+                             else make_codec(self.codec_name, self.dim, params=self.codec_params))
+        self.codec_trained = trained
+
+    def train_codec(self, vectors: np.ndarray) -> None:
+        """Fit the codec on ``vectors`` [rows, slots, dim] and keep its state beside the shards."""
+        self.codec.train(vectors)
+        save_codec_state(self.codec, self.folder)
+        self.codec_trained = True
 
     def shard_done(self, index: int, rows: int) -> bool:
         """A shard counts as written when its JSON exists and names this model and row count."""
@@ -79,10 +95,12 @@ class CacheWriter:
     def write_shard(self, index: int, vectors: np.ndarray, lengths: np.ndarray) -> None:
         if vectors.shape[1:] != (self.slots, self.dim):
             raise ValueError(f"shard block shape {vectors.shape[1:]} != {(self.slots, self.dim)}")
+        if not self.codec_trained:
+            self.train_codec(vectors)
         stem = shard_stem(index)
         vectors_path = self.folder / f"{stem}.vectors.npy"
         lengths_path = self.folder / f"{stem}.lengths.npy"
-        _save_atomic(vectors_path, np.ascontiguousarray(vectors, dtype=np.float16))
+        _save_atomic(vectors_path, np.ascontiguousarray(self.codec.encode(vectors)))
         _save_atomic(lengths_path, np.ascontiguousarray(lengths, dtype=np.uint16))
         write_json_atomic(
             self.folder / f"{stem}.json",
@@ -112,7 +130,10 @@ class CacheWriter:
                 "format_version": FORMAT_VERSION,
                 "model_fingerprint": self.model_fingerprint,
                 "model_config": self.model_config,
-                "codec": "fp16",
+                "codec": self.codec.name,
+                "codec_params": self.codec.params(),
+                "code_size": self.codec.code_size,
+                "bytes_per_doc": self.slots * self.codec.code_size * self.codec.code_dtype.itemsize + 2,
                 "num_docs": len(docids),
                 "slots": self.slots,
                 "dim": self.dim,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dipair_rerank.data import irds
 from dipair_rerank.errors import DiPairError
+
+logger = logging.getLogger(__name__)
 
 CORPUS_SUFFIXES = (".jsonl", ".json")
 
@@ -64,6 +67,9 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
                 raise DiPairError(f"{where}: missing 'id'")
             if contents is None:
                 raise DiPairError(f"{where}: document {docid} has no 'contents'")
+            if isinstance(contents, (dict, list)):
+                raise DiPairError(f"{where}: document {docid}: 'contents' must be text, got a JSON "
+                                  f"{'object' if isinstance(contents, dict) else 'array'}")
             docid = str(docid)
             if any(ch.isspace() for ch in docid):
                 raise DiPairError(f"{where}: docid {docid!r} contains whitespace (TREC runs cannot hold it)")
@@ -75,7 +81,7 @@ def _read_irds(spec: str) -> Iterator[Document]:
     if not dataset.has_docs():
         raise DiPairError(f"{spec} has no documents")
     docs = irds.fetch(spec, "the documents", dataset.docs_iter)
-    for doc in docs:
+    for doc in irds.guarded_iter(spec, "the documents", docs):
         title = getattr(doc, "title", None)
         contents = getattr(doc, "text", None) or getattr(doc, "body", None) or ""
         yield Document(str(doc.doc_id), flat_text(title, contents))
@@ -88,14 +94,23 @@ def read_corpus(spec: str | Path) -> Iterator[Document]:
     )
     seen: set[str] = set()
     count = 0
+    empty = 0
+    empty_examples: list[str] = []
     for doc in source:
         if doc.docid in seen:
             raise DiPairError(f"{spec}: duplicate docid {doc.docid!r}")
         seen.add(doc.docid)
         count += 1
+        if not doc.text.strip():
+            empty += 1
+            if len(empty_examples) < 3:
+                empty_examples.append(doc.docid)
         yield doc
     if count == 0:
         raise DiPairError(f"{spec}: empty corpus (no documents)")
+    if empty:  # kept (runs naming them still resolve); BM25 cannot retrieve them, --candidates can
+        logger.warning("%s: %d document(s) with empty text, indexed as empty (e.g. %s)", spec, empty,
+                       ", ".join(empty_examples))
 
 
 def corpus_fingerprint(spec: str | Path) -> str:

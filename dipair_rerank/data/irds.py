@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,73 @@ def load_dataset(spec: str) -> Any:
         raise DiPairError(f"unknown ir_datasets id {dataset_id!r}") from exc
 
 
+class _QuietIrdsLog(logging.Filter):
+    """ir_datasets logs INFO to its own stderr handler whatever our verbosity: without ``-v`` keep only its
+    warnings, drop its download-retry notes (our one-line error repeats the failure) and hold data usage notices
+    until the data was actually read (offline, a failure is then one line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            return True
+        message = record.getMessage()
+        if "agree" in message:
+            self.held.append(message)
+            return False
+        return record.levelno >= logging.WARNING and not message.startswith("Download failed")
+
+    def release(self) -> None:
+        for message in self.held:
+            logger.warning("ir_datasets: %s", message)
+        self.held.clear()
+
+
+_FILTER = _QuietIrdsLog()
+
+
+def _quiet_irds_log() -> None:
+    irds_logger = logging.getLogger("ir_datasets")  # ir_datasets.log.easy() logs everything under this name
+    if _FILTER not in irds_logger.filters:
+        irds_logger.addFilter(_FILTER)
+
+
+def _failure(spec: str, what: str, exc: Exception) -> DiPairError:
+    _FILTER.held.clear()
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return DiPairError(
+        f"could not read {what} of {spec} ({type(exc).__name__}: {first}); "
+        f"offline, put its source file under ${SOURCES_ENV} or IR_DATASETS_HOME"
+    )
+
+
 def fetch(spec: str, what: str, it_factory: Any) -> Any:
     """Run ``it_factory()`` and turn ir_datasets' download failures into one clear line."""
+    _quiet_irds_log()
     try:
-        return it_factory()
+        result = it_factory()
     except DiPairError:
         raise
     except Exception as exc:  # ir_datasets raises plain exceptions on failed downloads
-        raise DiPairError(
-            f"could not read {what} of {spec} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            f"offline, put its source file under ${SOURCES_ENV} or IR_DATASETS_HOME"
-        ) from exc
+        raise _failure(spec, what, exc) from exc
+    _FILTER.release()
+    return result
+
+
+def guarded_iter(spec: str, what: str, items: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``items`` (ir_datasets downloads lazily, on the first ``next``), failures as one clear line."""
+    _quiet_irds_log()
+    iterator = iter(items)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except DiPairError:
+            raise
+        except Exception as exc:
+            raise _failure(spec, what, exc) from exc
+        _FILTER.release()
+        yield item

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from dipair_rerank.data import irds
 from dipair_rerank.errors import DiPairError
+
+logger = logging.getLogger(__name__)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -40,6 +43,10 @@ def read_topics(spec: str | Path) -> dict[str, str]:
         topics[qid] = text.strip()
     if not topics:
         raise DiPairError(f"{path}: no topics")
+    empty = [qid for qid, text in topics.items() if not text]
+    if empty:  # kept: a query with no results still counts (as 0) in the evaluation, as in trec_eval
+        logger.warning("%s: %d topic(s) with empty query text, kept (BM25 finds nothing for them; e.g. %s)",
+                       path, len(empty), ", ".join(empty[:3]))
     return topics
 
 

@@ -18,11 +18,28 @@ def load_model(name: str | Path | None = None) -> DiPairModel:
     MiniLM; a folder with ``dipair_config.json``: that model; anything else: a fresh head on that HF encoder."""
     if name is None or str(name) == DEFAULT_MODEL:
         if (SHIPPED_DIR / CONFIG_NAME).is_file():
-            return DiPairModel.from_pretrained(SHIPPED_DIR)
+            return _load_saved(SHIPPED_DIR)
         return DiPairModel(DiPairConfig())
     path = Path(name)
     if (path / CONFIG_NAME).is_file():
-        return DiPairModel.from_pretrained(path)
+        return _load_saved(path)
     if path.exists() and not (path / "config.json").is_file():
         raise DiPairError(f"{path} is neither a DiPair model folder nor a Hugging Face model folder")
-    return DiPairModel(DiPairConfig(encoder=str(name)))
+    try:
+        return DiPairModel(DiPairConfig(encoder=str(name)))
+    except DiPairError as exc:
+        if path.exists():
+            raise
+        raise DiPairError(f"model {str(name)!r} is not a folder here, nor a Hugging Face model that can be loaded "
+                          f"({exc})") from exc
+
+
+def _load_saved(path: Path) -> DiPairModel:
+    """A saved DiPair folder; a damaged one (bad JSON, truncated safetensors, mismatched shapes) fails in one line."""
+    try:
+        return DiPairModel.from_pretrained(path)
+    except DiPairError:
+        raise
+    except Exception as exc:  # json, safetensors and torch each raise their own types
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DiPairError(f"{path}: damaged DiPair model folder ({type(exc).__name__}: {first})") from exc

@@ -28,13 +28,30 @@ def test_gather_across_shards_in_requested_order(tmp_path):
     assert len(cache) == 10 and len(cache.vectors) == 3
 
 
-def test_gather_into_preallocated_buffer(tmp_path):
+def test_gather_reuses_its_buffer(tmp_path):
     vectors, _, _ = build(tmp_path, shard_rows=100)
     cache = PrefixCache(tmp_path)
-    out = np.zeros((8, 3, 5), dtype=np.float16)
-    lengths = np.zeros(8, dtype=np.uint16)
-    blocks, _ = cache.gather(np.array([2, 7]), out, lengths)
-    assert np.shares_memory(blocks, out) and np.array_equal(blocks, vectors[[2, 7]])
+    first, _ = cache.gather(np.array([2, 7, 1]))
+    second, _ = cache.gather(np.array([2, 7]))
+    assert np.shares_memory(first, second) and np.array_equal(second, vectors[[2, 7]])
+
+
+@pytest.mark.parametrize("codec, params, tolerance", [("int8", {}, 0.05), ("pq", {"m": 5}, 1.5)])
+def test_lossy_codecs_round_trip_within_tolerance(tmp_path, codec, params, tolerance):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 3, 5)).astype(np.float16)
+    writer = CacheWriter(tmp_path, model_fingerprint="abc", model_config={}, slots=3, dim=5, shard_rows=200,
+                         codec_name=codec, codec_params=params)
+    writer.write_shard(0, vectors[:200], np.ones(200, np.uint16))
+    writer.write_shard(1, vectors[200:], np.ones(100, np.uint16))
+    writer.finish([f"doc{i}" for i in range(300)])
+    cache = PrefixCache(tmp_path)
+    assert cache.meta["codec"] == codec and cache.bytes_per_doc < 3 * 5 * 2 + 2
+    blocks, _ = cache.gather(cache.rows(["doc0", "doc250"]))
+    assert blocks.dtype == np.float32
+    assert np.abs(blocks - vectors[[0, 250]].astype(np.float32)).mean() < tolerance
+    reopened = PrefixCache(tmp_path)  # the trained codec state comes back from disk
+    assert np.array_equal(reopened.gather(reopened.rows(["doc7"]))[0], cache.gather(cache.rows(["doc7"]))[0])
 
 
 def test_unknown_docids(tmp_path):

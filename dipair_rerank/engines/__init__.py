@@ -1,0 +1,1 @@
+"""Distributed engines for index builds (optional extras)."""
