@@ -97,6 +97,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.depth < 1 or args.hits < 1:
         raise DiPairError("--depth and --hits must be at least 1")
     topics = read_topics(args.topics)
+    _check_writable(args.run)
     searcher = DiPairSearcher.from_index(args.index, first_stage=args.first_stage, depth=args.depth,
                                          model=args.model, candidates=args.candidates, threads=args.threads,
                                          query_backend=args.query_backend)
@@ -106,6 +107,21 @@ def _cmd_search(args: argparse.Namespace) -> None:
                     first_stage="run" if args.candidates else args.first_stage, depth=args.depth)
     print(f"wrote {path} ({len(run)} queries)")
     print(format_latency(searcher.timer.summary()), end="")
+
+
+def _check_writable(path: str) -> None:
+    """Fail before a long search, not after it, when the run cannot be written there."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise DiPairError(f"--run {path} is a folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiPairError(f"cannot write --run {path}: {exc.strerror} ({exc.filename})") from exc
+    if not os.access(target.parent, os.W_OK):
+        raise DiPairError(f"cannot write --run {path}: folder {target.parent} is not writable")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -52,6 +52,38 @@ def cache_build(model, texts: list[str], batch_size: int, folder: Path) -> float
     return len(texts) / (time.perf_counter() - start)
 
 
+def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_size: int) -> list[dict]:
+    """Cache build docs/s: one process with 2 threads, and Ray with 1 and 2 single-thread workers (the Ray
+    cluster is started before timing; its start-up is not the engine's per-document overhead)."""
+    import ray
+
+    from dipair_rerank.engines.ray_engine import build_cache_with_ray
+    from dipair_rerank.indexer import IndexOptions, _build_cache, shard_spans
+
+    corpus = scratch / "engine-corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "contents": t}) + "\n" for i, t in enumerate(texts)))
+    spans = shard_spans(corpus, shard_rows)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        for label, engine, workers, threads in (("local, 1 process x 2 threads", "local", 1, 2),
+                                                 ("ray, 1 worker x 1 thread", "ray", 1, 1),
+                                                 ("ray, 2 workers x 1 thread", "ray", 2, 1)):
+            staging = scratch / f"engine-{engine}-{workers}"
+            options = IndexOptions(shard_rows=shard_rows, batch_size=batch_size, threads=threads, workers=workers,
+                                   engine=engine, progress=False)
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            (build_cache_with_ray if engine == "ray" else _build_cache)(model, corpus, staging, spans, options)
+            rows.append({"engine": label, "docs": len(texts), "docs/s": len(texts) / (time.perf_counter() - start)})
+    finally:
+        ray.shutdown()
+    one = rows[1]["docs/s"]
+    for row in rows:
+        row["vs 1 ray worker"] = row["docs/s"] / one
+    return rows
+
+
 def synth_cache(folder: Path, rows: int, slots: int, dim: int, shard_rows: int = 65536) -> None:
     from dipair_rerank.cache import CacheWriter
 
@@ -71,11 +103,11 @@ def rss(kind='VmRSS'):
 from dipair_rerank.cache import PrefixCache
 before, anon = rss(), rss('RssAnon'); start = time.perf_counter()
 cache = PrefixCache(sys.argv[1]); opened = time.perf_counter() - start
-rng = np.random.default_rng(1); out = np.empty((100, cache.slots, cache.dim), np.float16)
+rng = np.random.default_rng(1)
 times = []
 for _ in range(int(sys.argv[2])):
     ids = [f"doc{i}" for i in rng.integers(0, len(cache), 100)]
-    t = time.perf_counter(); cache.gather(cache.rows(ids), out); times.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter(); cache.gather(cache.rows(ids)); times.append((time.perf_counter() - t) * 1000)
 print(json.dumps({"rss_growth_mb": rss() - before, "anon_growth_mb": rss('RssAnon') - anon,
                   "mapped_cache_mb": rss('RssFile'), "open_s": opened, "gather_p50_ms": float(np.median(times))}))
 """
@@ -96,6 +128,7 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=10_000)
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300, help="gathers of 100 random rows in the RSS probe")
+    parser.add_argument("--engine-docs", type=int, default=1200, help="DL19 docs for the engine comparison (0: skip)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +145,11 @@ def main() -> None:
             built = cache_build(model, texts, args.batch_size, Path(scratch) / name)
             rows.append({"corpus": name, "docs": len(texts), "bare encoder docs/s": bare,
                          "cache build docs/s": built, "build / bare": built / bare})
+        engines = []
+        if args.engine_docs:
+            texts = [doc.text for _, doc in zip(range(args.engine_docs), read_corpus(data / "msmarco-dl19" / "corpus.jsonl"))]
+            engines = engine_rates(model, texts, Path(scratch), max(1, args.engine_docs // 8), args.batch_size)
+            torch.set_num_threads(args.threads)
         memory = []
         for count in (args.small_rows, args.big_rows):
             folder = Path(scratch) / f"synthetic-{count}"
@@ -121,6 +159,9 @@ def main() -> None:
     print(f"# bench_index  {time.strftime('%Y-%m-%d %H:%M')}  torch threads {args.threads}  batch {args.batch_size}"
           f"  max length {model.config.doc_max_length}")
     print(format_table(rows, ["corpus", "docs", "bare encoder docs/s", "cache build docs/s", "build / bare"]))
+    if engines:
+        print(format_table(engines, ["engine", "docs", "docs/s", "vs 1 ray worker"]))
+        print(f"ray 2 workers / local 2 threads: {engines[2]['docs/s'] / engines[0]['docs/s']:.2f}")
     print(format_table(memory, ["cached docs", "cache GB", "rss_growth_mb", "anon_growth_mb", "mapped_cache_mb",
                                 "open_s", "gather_p50_ms"]))
     for key, what in (("rss_growth_mb", "RSS"), ("anon_growth_mb", "private (anonymous) RSS")):

@@ -24,6 +24,14 @@ def _random_access(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _load_plain(path: Path) -> np.ndarray:
+    """Memory-map a numeric .npy; an object array (a pickle) or a damaged header is refused, never unpickled."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DiPairError(f"cache file {path} is not a plain numeric array ({exc}); rebuild the index") from exc
+
+
 class PrefixCache:
     """Read-only view of ``indexes/NAME/dipair``.
 
@@ -37,7 +45,10 @@ class PrefixCache:
         config_path = self.folder / CACHE_CONFIG
         if not config_path.is_file():
             raise DiPairError(f"no DiPair cache at {self.folder} (missing {CACHE_CONFIG}); build it with 'dipair-rerank index'")
-        self.meta: dict[str, Any] = json.loads(config_path.read_text())
+        try:
+            self.meta: dict[str, Any] = json.loads(config_path.read_text())
+        except ValueError as exc:  # bad JSON or bytes
+            raise DiPairError(f"{config_path} is damaged ({exc}); rebuild the index") from exc
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise DiPairError(f"{config_path}: unsupported cache format {self.meta.get('format_version')}")
         self.model_fingerprint: str = self.meta["model_fingerprint"]
@@ -52,8 +63,11 @@ class PrefixCache:
                 path = self.folder / f"{shard['stem']}.{kind}.npy"
                 if not path.is_file() or path.stat().st_size != shard[f"{kind}_bytes"]:
                     raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
-                store.append(_random_access(np.load(path, mmap_mode="r", allow_pickle=False)))
-        self.docids = DocidLookup(self.folder)
+                store.append(_random_access(_load_plain(path)))
+        try:
+            self.docids = DocidLookup(self.folder)
+        except ValueError as exc:
+            raise DiPairError(f"the docid lookup in {self.folder} is not a plain array ({exc}); rebuild the index") from exc
         self.codec = load_codec(self.meta.get("codec", "fp16"), self.dim, self.meta.get("codec_params", {}), self.folder)
         self.bytes_per_doc: int = self.meta.get("bytes_per_doc", self.slots * self.dim * 2 + 2)
         self._codes = np.empty((0, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)
@@ -105,6 +119,12 @@ class PrefixCache:
                     problems.append(f"{path}: missing")
                 elif file_sha256(path) != shard[f"{kind}_sha256"]:
                     problems.append(f"{path}: checksum mismatch")
+        for name, digest in self.meta.get("files_sha256", {}).items():  # docid lookup, codec state
+            path = self.folder / name
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif file_sha256(path) != digest:
+                problems.append(f"{path}: checksum mismatch")
         if len(self.docids) != self.num_docs:
             problems.append(f"{self.folder}: docid lookup holds {len(self.docids)} ids, cache {self.num_docs}")
         return problems

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dipair_rerank.cache.codecs import CODEC_STATE, Codec, load_codec, make_codec, save_codec_state
-from dipair_rerank.cache.docids import write_docid_lookup
+from dipair_rerank.cache.docids import ROWS_NAME, SORTED_NAME, write_docid_lookup
 
 CACHE_CONFIG = "cache.json"
 FORMAT_VERSION = 1
@@ -124,9 +124,11 @@ class CacheWriter:
         if sum(shard["rows"] for shard in shards) != len(docids):
             raise RuntimeError("cache shards do not cover the corpus")
         write_docid_lookup(self.folder, docids)
+        side_files = [name for name in (SORTED_NAME, ROWS_NAME, CODEC_STATE) if (self.folder / name).is_file()]
         write_json_atomic(
             self.folder / CACHE_CONFIG,
             {
+                "files_sha256": {name: file_sha256(self.folder / name) for name in side_files},  # checked by verify
                 "format_version": FORMAT_VERSION,
                 "model_fingerprint": self.model_fingerprint,
                 "model_config": self.model_config,

@@ -38,6 +38,8 @@ def read_topics(spec: str | Path) -> dict[str, str]:
         qid = qid.strip()
         if not qid:
             raise DiPairError(f"{path}:{line_no}: empty qid")
+        if any(ch.isspace() for ch in qid):
+            raise DiPairError(f"{path}:{line_no}: qid {qid!r} contains whitespace (TREC runs cannot hold it)")
         if qid in topics:
             raise DiPairError(f"{path}:{line_no}: duplicate qid {qid!r}")
         topics[qid] = text.strip()

@@ -63,12 +63,15 @@ def build_cache_with_ray(model: DiPairModel, corpus: Path, staging: Path, spans,
     try:
         with tempfile.TemporaryDirectory(prefix="dipair-ray-model-") as model_dir:
             model.save_pretrained(model_dir)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = options.progress
+            context.print_on_execution_start = False
             dataset = ray.data.from_items([{"shard": shard} for shard in todo])
             encoded = dataset.map_batches(
                 ShardEncoder,
                 fn_constructor_kwargs={"model_dir": model_dir, "corpus": str(corpus), "staging": str(staging),
                                        "spans": spans, "options": asdict(options)},
-                batch_size=1, concurrency=options.workers, num_cpus=options.threads,
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers), num_cpus=options.threads,
             )
             written = sorted(int(row["shard"]) for row in encoded.take_all())
         logger.info("ray wrote %d shards", len(written))

@@ -91,3 +91,14 @@ def test_shard_done_tracks_model_and_rows(tmp_path):
     assert writer.shard_done(0, 4) and not writer.shard_done(0, 3) and not writer.shard_done(1, 4)
     other = CacheWriter(tmp_path, model_fingerprint="xyz", model_config={}, slots=2, dim=2, shard_rows=4)
     assert not other.shard_done(0, 4)
+
+
+def test_transcode_keeps_rows_and_docids(tmp_path):
+    from dipair_rerank.cache.transcode import row_docids, transcode
+
+    vectors, _, docids = build(tmp_path / "src", rows=300, shard_rows=128)
+    assert row_docids(PrefixCache(tmp_path / "src")) == docids
+    int8 = transcode(tmp_path / "src", tmp_path / "int8", "int8")
+    blocks, _ = int8.gather(int8.rows(["doc299", "doc3"]))
+    assert np.abs(blocks - vectors[[299, 3]].astype(np.float32)).max() < 0.1
+    assert int8.bytes_per_doc < PrefixCache(tmp_path / "src").bytes_per_doc
