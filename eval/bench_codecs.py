@@ -8,6 +8,7 @@ eval/effectiveness.py builds with the default model (no re-encoding), so only th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq8", "pq16", "pq32"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="eval/results/bench_codecs.json", help="where to save the numbers")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,6 +78,8 @@ def main() -> None:
                 rows.append({"collection": name, "codec": label, "bytes/doc": cache.bytes_per_doc,
                              "nDCG@10": ndcg, "vs fp16": f"{(ndcg / reference - 1) * 100:+.2f}%",
                              "gather+decode 100 docs ms": gather_ms(cache)})
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}, indent=1))
     print(f"# bench_codecs  {time.strftime('%Y-%m-%d %H:%M')}  (BM25 top-100 re-ranked by the default model)")
     print(format_table(rows, ["collection", "codec", "bytes/doc", "nDCG@10", "vs fp16", "gather+decode 100 docs ms"]))
 

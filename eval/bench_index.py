@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300, help="gathers of 100 random rows in the RSS probe")
     parser.add_argument("--engine-docs", type=int, default=1200, help="DL19 docs for the engine comparison (0: skip)")
+    parser.add_argument("--json", default="eval/results/bench_index.json", help="where to save the numbers")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,6 +157,9 @@ def main() -> None:
             synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim)
             size_gb = sum(p.stat().st_size for p in folder.iterdir()) / 1e9
             memory.append({"cached docs": count, "cache GB": size_gb, **probe(folder, args.queries)})
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
+                                           "throughput": rows, "engines": engines, "memory": memory}, indent=1))
     print(f"# bench_index  {time.strftime('%Y-%m-%d %H:%M')}  torch threads {args.threads}  batch {args.batch_size}"
           f"  max length {model.config.doc_max_length}")
     print(format_table(rows, ["corpus", "docs", "bare encoder docs/s", "cache build docs/s", "build / bare"]))

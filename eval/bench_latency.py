@@ -8,12 +8,13 @@ the DL19 BM25 run:
   (d) BM25 + DiPair end to end, batched over all queries: queries per second.
 Ratios (b)/(a) and (c)/(a) are computed query by query, then summarised.
 
-    python eval/bench_latency.py --index indexes/dl19        # build it first: eval/core_dl19.sh
+    python eval/bench_latency.py              # needs indexes/eff-dl19 (eval/effectiveness.py builds it)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -60,17 +61,18 @@ def _time_cross_encoder(model, tokenizer, query: str, texts: list[str], max_leng
 def main() -> None:
     data = shared_data_dir() / "msmarco-dl19"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", default="indexes/dl19")
+    parser.add_argument("--index", default="indexes/eff-dl19", help="a DL19 index (eval/effectiveness.py builds it)")
     parser.add_argument("--topics", default=str(data / "queries.tsv"))
     parser.add_argument("--candidates", default=str(data / "runs" / "bm25.top100.trec"))
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=0, help="DiPair queries (0: all)")
-    parser.add_argument("--ce-queries", type=int, default=8, help="queries timed for the cross-encoders")
+    parser.add_argument("--ce-queries", type=int, default=6, help="queries timed for the cross-encoders")
     parser.add_argument("--ce-max-length", type=int, default=256, help="cross-encoder tokens per pair")
     parser.add_argument("--ce-batch-size", type=int, default=32)
     parser.add_argument("--query-backend", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the topics for (d)")
+    parser.add_argument("--json", default="eval/results/bench_latency.json", help="where to save the numbers")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -124,6 +126,10 @@ def main() -> None:
                               batch_size=len(all_qids))
     qps = args.repeats * len(all_qids) / (time.perf_counter() - start)
 
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "rows": rows, "qps": qps,
+               "ratios_p50": {name: float(np.percentile(v, 50)) for name, v in ratios.items()}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=1))
     print(f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
           f"torch threads {args.threads}  depth {args.depth}  query backend {args.query_backend}  "
           f"{len(qids)} queries (cross-encoders: {len(next(iter(ratios.values())))}, max length {args.ce_max_length})")

@@ -35,19 +35,13 @@ class StageTimer:
         return np.array([ms / n for ms, n in self.batches.get(stage, []) for _ in range(n)], dtype=np.float64)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        rows = {}
-        totals = None
-        for stage in STAGES:
-            values = self.per_query_ms(stage)
-            if len(values) == 0:
-                continue
-            rows[stage] = describe(values)
-            totals = values if totals is None else totals + values if len(totals) == len(values) else totals
-        rerank = [self.per_query_ms(s) for s in ("query_encoding", "gather", "head") if s in self.batches]
-        if rerank and len({len(r) for r in rerank}) == 1:
-            rows["rerank"] = describe(np.sum(rerank, axis=0))
-        if totals is not None:
-            rows["total"] = describe(totals)
+        """p50/p95/mean per stage, plus ``rerank`` (encoding + gather + head) and ``total`` (every stage)."""
+        per_stage = {stage: self.per_query_ms(stage) for stage in STAGES if self.batches.get(stage)}
+        rows = {stage: describe(values) for stage, values in per_stage.items()}
+        for name, parts in (("rerank", ("query_encoding", "gather", "head")), ("total", STAGES)):
+            present = [per_stage[p] for p in parts if p in per_stage]
+            if present and len({len(v) for v in present}) == 1:
+                rows[name] = describe(np.sum(present, axis=0))
         return rows
 
     def save(self, run_path: str | Path, **extra: Any) -> Path:
