@@ -133,6 +133,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measures", default=DEFAULT_MEASURES, help=f"ir_measures names (default '{DEFAULT_MEASURES}'; "
                    "graded sets: 'RR(rel=2)@10 R(rel=2)@100')")
     p.add_argument("--per-query", action="store_true", help="also print one line per query")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw the first measure against recorded p50 latency for the runs given")
     p.set_defaults(handler=_cmd_eval)
 
 
@@ -141,13 +143,26 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from dipair_rerank.evaluate import evaluate, format_latency, format_measures, load_latency
 
     qrels = read_qrels(args.qrels)
+    points = []
     for index, run_path in enumerate(args.run):
         if len(args.run) > 1:
             print(f"{'' if index == 0 else chr(10)}== {run_path}")
-        print(format_measures(evaluate(qrels, read_run(run_path), args.measures, per_query=args.per_query)), end="")
+        values = evaluate(qrels, read_run(run_path), args.measures, per_query=args.per_query)
+        print(format_measures(values), end="")
         latency = load_latency(run_path)
         if latency:
             print(format_latency(latency), end="")
+            points.append((run_path, latency["total"]["p50"], next(v.value for v in values if v.qid == "all")))
+    if args.plot:
+        from pathlib import Path
+
+        from dipair_rerank.evaluate.plot import Point, plot_quality_latency
+
+        if not points:
+            raise DiPairError("--plot needs runs written by 'dipair-rerank search' (they record latency)")
+        plot_quality_latency([Point(Path(p).stem, Path(p).stem, ms, q) for p, ms, q in points], args.plot,
+                             measure=args.measures.split()[0])
+        print(f"plot: {args.plot}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -42,6 +42,8 @@ def test_search_then_eval(tiny_index, tiny_files, tmp_path, capsys, first_stage)
     assert main(["eval", "--qrels", str(tiny_files["qrels"]), "--run", str(run), "--per-query"]) == 0
     out = capsys.readouterr().out
     assert "nDCG@10               \tall\t" in out and "\tq1\t" in out and "head" in out and "p95" in out
+    assert main(["eval", "--qrels", str(tiny_files["qrels"]), "--run", str(run), "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_candidates_and_msmarco_output(tiny_index, tiny_files, tmp_path):
