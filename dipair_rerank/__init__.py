@@ -25,11 +25,13 @@ _EXPORTS = {
     "IndexOptions": "dipair_rerank.indexer",
     "build_index": "dipair_rerank.indexer",
     "DiPairError": "dipair_rerank.errors",
+    "ensure_jvm": "dipair_rerank._java",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from dipair_rerank._java import ensure_jvm
     from dipair_rerank.errors import DiPairError
     from dipair_rerank.indexer import IndexOptions, build_index
     from dipair_rerank.model import DiPairConfig, DiPairModel, load_model

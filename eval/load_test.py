@@ -27,12 +27,30 @@ from dipair_rerank.data import read_topics, shared_data_dir
 from dipair_rerank.errors import DiPairError
 
 
-def rss_mb() -> float:
-    """Resident set size of this process in MB (Linux: /proc/self/status, no psutil needed)."""
+def memory_mb() -> dict[str, float]:
+    """VmRSS and its anonymous / file-backed parts in MB (Linux: /proc/self/status, no psutil needed)."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+    values = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (this needs Linux)")
+        key = line.split(":", 1)[0]
+        if key in fields:
+            values[fields[key]] = round(int(line.split()[1]) / 1024, 1)
+    if "rss" not in values:
+        raise RuntimeError("no VmRSS in /proc/self/status (this needs Linux)")
+    return values
+
+
+def rss_mb() -> float:
+    return memory_mb()["rss"]
+
+
+def jvm_heap_mb() -> dict[str, float]:
+    """The JVM's committed and used heap (Pyserini's JVM runs in this process; its heap is part of RSS)."""
+    from jnius import autoclass
+
+    runtime = autoclass("java.lang.Runtime").getRuntime()
+    total, free = runtime.totalMemory(), runtime.freeMemory()
+    return {"jvm_committed": round(total / 2**20, 1), "jvm_used": round((total - free) / 2**20, 1)}
 
 
 def synthetic_queries(vocabulary_source: Path, count: int, *, seed: int = 0) -> list[str]:
@@ -84,10 +102,13 @@ def run(args: argparse.Namespace) -> dict:
         del results
         done = offset + len(chunk)
         if done >= next_sample or done == len(queries):
-            rss = rss_mb()
+            memory = {**memory_mb(), **jvm_heap_mb()}
+            rss = memory["rss"]
             baseline = rss if baseline is None else baseline
-            samples.append({"queries": done, "rss_mb": round(rss, 1), "seconds": round(time.perf_counter() - started, 1)})
-            print(f"{done:>7} queries  RSS {rss:8.1f} MB  {samples[-1]['seconds']:7.1f} s", flush=True)
+            samples.append({"queries": done, "rss_mb": rss, "seconds": round(time.perf_counter() - started, 1), **memory})
+            print(f"{done:>7} queries  RSS {rss:8.1f} MB (anon {memory.get('anon', 0):7.1f}, file "
+                  f"{memory.get('file', 0):6.1f}; JVM heap committed {memory['jvm_committed']:6.1f}, used "
+                  f"{memory['jvm_used']:6.1f})  {samples[-1]['seconds']:7.1f} s", flush=True)
             next_sample = done + args.sample_every
     seconds = time.perf_counter() - started
     final = samples[-1]["rss_mb"]

@@ -86,3 +86,14 @@ def test_onnx_query_backend_matches_torch(tiny_index):
 def test_unknown_query_backend(tiny_index):
     with pytest.raises(DiPairError, match="unknown query backend"):
         DiPairReranker.from_index(tiny_index, query_backend="tpu")
+
+
+def test_reranks_real_pyserini_hits(tiny_index):
+    from dipair_rerank import ensure_jvm
+
+    ensure_jvm()
+    from pyserini.search.lucene import LuceneSearcher
+
+    hits = LuceneSearcher(str((tiny_index / "lucene").resolve())).search("quantum qubit", k=5)
+    ranked = DiPairReranker.from_index(tiny_index).rerank("quantum qubit", hits)
+    assert sorted(h.docid for h in ranked) == sorted(h.docid for h in hits) and len(ranked) >= 2
