@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 _DROPPED_OPTIONS = {"--add-modules=jdk.incubator.vector"}
+JVM_OPTIONS_ENV = "DIPAIR_JVM_OPTIONS"
+"""Extra JVM options, space-separated, e.g. "-Xms256m -Xmx256m" to pin the heap of a long search (by default
+the JVM grows its committed heap toward a quarter of RAM: not a leak, but RSS climbs for thousands of queries)."""
 _configured = False
 
 
@@ -31,6 +34,9 @@ def ensure_jvm() -> None:
             original(*kept)
 
     jnius_config.add_options = add_options
+    extra = os.environ.get(JVM_OPTIONS_ENV, "").split()
+    if extra:
+        add_options(*extra)
     import pyserini.pyclass  # noqa: F401  (adds Anserini's jar to the classpath and starts the JVM)
 
     _quiet_java_logs()

@@ -116,6 +116,9 @@ def _check_writable(path: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise DiPairError(f"--run {path} is a folder; give a file name")
+    existing = next(parent for parent in target.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise DiPairError(f"cannot write --run {path}: {existing} is a file, not a folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -176,7 +179,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", nargs="+", default=None, help="document texts (JSONL or irds:ID), one per set")
     p.add_argument("--index", nargs="+", default=None,
                    help="indexes per set: BM25 candidates when --candidates is absent, texts when --corpus is")
-    p.add_argument("--qrels", nargs="+", default=None, help="optional qrels per set (for --label-weight and validation; '-' for a set without)")
+    p.add_argument("--qrels", nargs="+", default=None,
+                   help="optional qrels per set (for --label-weight and validation; '-' for a set without)")
     p.add_argument("--label-weight", type=float, default=0.0, help="weight of the qrels label loss (default 0)")
     p.add_argument("--teacher", required=True, nargs="+",
                    help="sentence-transformers CrossEncoder id/path, or run:FILE of precomputed teacher scores "
@@ -361,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="DiPair re-ranking over Pyserini: cross-encoder-style re-ranking at a few ms per query.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher, _add_teacher_scores,
-                _add_verify):
+    for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher,
+                _add_teacher_scores, _add_verify):
         add(sub)
     return parser
 

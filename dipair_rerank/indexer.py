@@ -337,6 +337,8 @@ def build_index(
     normalised.unlink()
     state_path.unlink()
     (staging / PUBLISH_CLAIM).unlink()
+    for stale in staging.glob(f"{NORMALISED}.*.tmp"):  # a normalisation killed midway (its name has the pid)
+        stale.unlink()
     write_json_atomic(staging / MANIFEST, manifest)
     _publish(staging, index_dir)
     return IndexLayout(index_dir)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from dipair_rerank._memory import HeapGuard
 from dipair_rerank.cache import PrefixCache
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.evaluate.latency import StageTimer
@@ -65,6 +66,7 @@ class DiPairReranker:
         self.model = model.eval()
         self.cache = cache
         self.timer = timer or StageTimer()
+        self._heap = HeapGuard()  # flat RSS over many variable-size batches (see _memory.py)
         slots = torch.arange(model.config.doc_slots)
         self._is_prefix_slot = slots < model.config.doc_prefix
         self._encode_queries = self._query_encoder(query_backend, threads or torch.get_num_threads())
@@ -139,6 +141,8 @@ class DiPairReranker:
         if len(keep) < len(counts):
             queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep])
         scores = self._head(queries, [counts[i] for i in keep], d_vectors, d_mask).tolist()
+        del d_vectors, d_mask
+        self._heap.check()
         results: list[list[RankedHit]] = []
         offset = 0
         for docids in docids_per_query:

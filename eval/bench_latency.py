@@ -76,12 +76,6 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from dipair_rerank._java import ensure_jvm
-
-    ensure_jvm()
-    from pyserini.search.lucene import LuceneSearcher
-
-    from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.rerank import DiPairReranker
 
     topics = read_topics(args.topics)
@@ -97,7 +91,15 @@ def main() -> None:
     stages = {s: timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")}
     dipair_ms = sum(stages.values())
 
-    # (b), (c) cross-encoders on the same candidates, texts from the index's stored contents
+    # (b), (c) cross-encoders on the same candidates, texts from the index's stored contents. The JVM starts only
+    # now: its start-up threads (JIT, GC) would otherwise share the cores with (a).
+    from dipair_rerank._java import ensure_jvm
+
+    ensure_jvm()
+    from pyserini.search.lucene import LuceneSearcher
+
+    from dipair_rerank.pipeline import DiPairSearcher
+
     lucene = LuceneSearcher(str(Path(args.index) / "lucene"))
     rows: list[dict[str, object]] = [
         {"system": "(a) DiPair re-rank stage", **_p(dipair_ms)},

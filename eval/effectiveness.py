@@ -2,13 +2,13 @@
 
     HF_HUB_OFFLINE=1 python eval/effectiveness.py [--out eval/work/effectiveness] [--teacher eval/teacher.json]
 
-Rows: BM25 (the shared run), the all-MiniLM-L6-v2 bi-encoder re-rank, the teacher (the fusion teacher the default
-model was distilled from, weights from ``--teacher``; optionally a fine-tuned cross-encoder via
-``--cross-encoder``), the shipped DiPair default model re-ranking from its prefix cache, and that model's scores z-score fused with
-the first-stage score using the teacher's weights (the student cannot see BM25 scores; this adds them back). Columns: the
-collection's measures and re-rank latency p50 per query (ms; everything after the first stage: query encoding,
-scoring the 100 candidates from cached document representations, sorting; for a cross-encoder, its 100 pair
-passes).
+Rows: BM25 (the shared run), the all-MiniLM-L6-v2 bi-encoder re-rank, the teacher (the fusion teacher the
+default model was distilled from, weights from ``--teacher``; optionally a fine-tuned cross-encoder via
+``--cross-encoder``), the shipped DiPair default model re-ranking from its prefix cache, and that model's scores
+z-score fused with the first-stage score using the teacher's weights (the student cannot see BM25 scores; this
+adds them back). Columns: the collection's measures and re-rank latency p50 per query (ms; everything after the
+first stage: query encoding, scoring the 100 candidates from cached document representations, sorting; for a
+cross-encoder, its 100 pair passes).
 
 Reuses: bi-encoder embeddings (``--embeddings``) and the DiPair indexes (``indexes/eff-*``, rebuilt only when
 the default model's fingerprint changes). Reads the shared data from ``$DIPAIR_DATA`` (default ../shared/data).

@@ -3,7 +3,8 @@
 # Training data (issue 3): SciFact TRAIN queries + SciFact title pseudo-queries over the SciFact corpus; DL21
 # (graded qrels) and DL22 queries with their BM25 runs; MS MARCO dev-subset queries against the DL21+DL22
 # passage pools. Never SciFact test, never DL19. Every step is idempotent/resumable; work files go to
-# eval/work/ (git-ignored). Wall time on 2 cores: ~25 min features, ~1 min teacher, ~15 min stage 1.
+# eval/work/ (git-ignored). Wall time on 2 cores: ~25 min features, ~3 min teacher, ~25 min stage 1.
+# THREADS=1 when another job shares the CPU (2 torch threads on 1 free core run 4x slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -56,8 +57,8 @@ done
 dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 32 \
     --topics "${TOPICS[@]}" --candidates "${CANDS[@]}" --corpus "${CORPUS[@]}" --qrels "${QRELS[@]}" \
     --teacher "${TEACH[@]}" --output $W/default --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
-    --stage1-epochs ${EPOCHS:-12} --stage1-lr 1e-3 --queries-per-step 32 --sample-candidates 16 --patience 3 \
-    --val-fraction 0.1 --stage2-epochs 0 --seed 0 --bf16
+    --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
+    --val-fraction 0.1 --stage2-epochs 0 --seed 0 --bf16 --threads ${THREADS:-2}
 
 # 7. ship it (head + projections + tokenizer; the encoder is the packaged MiniLM)
 rm -rf dipair_rerank/model/shipped.tmp && cp -r $W/default/model dipair_rerank/model/shipped.tmp

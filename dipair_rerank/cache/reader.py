@@ -67,7 +67,8 @@ class PrefixCache:
         try:
             self.docids = DocidLookup(self.folder)
         except ValueError as exc:
-            raise DiPairError(f"the docid lookup in {self.folder} is not a plain array ({exc}); rebuild the index") from exc
+            raise DiPairError(f"the docid lookup in {self.folder} is not a plain array ({exc}); rebuild the index"
+                              ) from exc
         self.codec = load_codec(self.meta.get("codec", "fp16"), self.dim, self.meta.get("codec_params", {}), self.folder)
         self.bytes_per_doc: int = self.meta.get("bytes_per_doc", self.slots * self.dim * 2 + 2)
         self._codes = np.empty((0, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)

@@ -25,6 +25,8 @@ def load_model(name: str | Path | None = None) -> DiPairModel:
         return _load_saved(path)
     if path.exists() and not (path / "config.json").is_file():
         raise DiPairError(f"{path} is neither a DiPair model folder nor a Hugging Face model folder")
+    if not path.exists() and _looks_like_path(str(name)):
+        raise DiPairError(f"model folder not found: {name}")
     try:
         return DiPairModel(DiPairConfig(encoder=str(name)))
     except DiPairError as exc:
@@ -32,6 +34,11 @@ def load_model(name: str | Path | None = None) -> DiPairModel:
             raise
         raise DiPairError(f"model {str(name)!r} is not a folder here, nor a Hugging Face model that can be loaded "
                           f"({exc})") from exc
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hugging Face ids are ``name`` or ``org/name``; anything else that does not exist is a mistyped folder."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") >= 2 or "\\" in name
 
 
 def _load_saved(path: Path) -> DiPairModel:

@@ -55,6 +55,11 @@ class CachedStage1Config:
         warmup_steps: linear learning-rate warm-up.
         weight_decay / max_grad_norm: AdamW decay, gradient clipping.
         bf16: bf16 autocast for the head's forward pass.
+        calibrate_scale: before training an untrained head (zero output layer), set ``similarity_scale`` to the
+            value whose softmax over candidates best matches the teacher's (a 1-D search). Why: the residual
+            cosine spans ~0.3 between candidates while the teacher's z-scores span ~4; left at 1, the fastest
+            way to sharpen the student's distribution is to grow the head's output, i.e. noise, and
+            validation quality falls in the first epoch (measured: SciFact-train val 0.77 -> 0.61).
         seed: query order, sampling, validation split.
         device / progress: torch device; progress bars.
     """
@@ -72,6 +77,7 @@ class CachedStage1Config:
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0
     bf16: bool = False
+    calibrate_scale: bool = True
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -223,6 +229,32 @@ def teacher_validation(packed: _Packed) -> float:
     return _macro(_ndcg10_rows(packed.teacher[rows], packed.relevance[rows], packed.mask[rows]), packed, rows)
 
 
+@torch.no_grad()
+def calibrate_similarity_scale(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: FeatureStore,
+                               device: torch.device, *, temperature: float = 1.0, sample: int = 512) -> float | None:
+    """Set ``similarity_scale`` to minimise the listwise KL to the teacher while the head outputs zero; returns
+    the new scale (None when the head is already trained or the model has no similarity residual)."""
+    from dipair_rerank.train.losses import listwise_kl
+
+    if not model.config.similarity_residual or bool(model.score_out.weight.abs().sum() > 0):
+        return None
+    was_training = model.training
+    model.eval()
+    idx = np.arange(min(sample, len(packed)))
+    current = float(model.similarity_scale)
+    cosines = cached_scores(model, queries, docs, packed.q_rows[idx], packed.d_rows[idx], device) / current
+    mask = torch.from_numpy(packed.mask[idx]).to(device)
+    teacher = torch.from_numpy(packed.teacher[idx]).to(device)
+    grid = np.geomspace(0.5, 200.0, 60)
+    losses = [float(listwise_kl(cosines * scale, teacher, mask, temperature=temperature)) for scale in grid]
+    best = float(grid[int(np.argmin(losses))])
+    model.similarity_scale.fill_(best)
+    model.train(was_training)
+    logger.info("similarity_scale calibrated to %.2f (listwise KL %.4f, was %.4f at %.2f)", best, min(losses),
+                float(listwise_kl(cosines * current, teacher, mask, temperature=temperature)), current)
+    return best
+
+
 def _head_state(model: DiPairModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("encoders.")}
 
@@ -278,6 +310,9 @@ def train_stage1_cached(
         best, best_epoch, best_state = float(saved["best"]), int(saved["best_epoch"]), saved["best_state"]
         logger.info("resuming stage 1 after epoch %d (best %.4f at epoch %d)", start_epoch - 1, best, best_epoch)
     teacher_val = teacher_validation(val_packed) if val_packed is not None else float("nan")
+    if not history and config.calibrate_scale:
+        calibrate_similarity_scale(model, train_packed, queries, docs, device, temperature=config.temperature)
+        best_state = _head_state(model)
     if val_packed is not None and not history:
         start = validate(model, val_packed, queries, docs, device, bf16=config.bf16)
         best = start["val_ndcg10"]

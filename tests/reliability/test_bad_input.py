@@ -104,11 +104,13 @@ BIG = "word " * 210_000  # ~1 MB of text: the tokenizer keeps doc_max_length tok
 
 CASES: list[Case] = [
     # corpora (dipair-rerank index)
-    Case("malformed JSONL line", lambda e: e.index_cmd(e.file("bad.jsonl", doc("a", "x") + '{"id": "b", "contents": \n')),
+    Case("malformed JSONL line",
+         lambda e: e.index_cmd(e.file("bad.jsonl", doc("a", "x") + '{"id": "b", "contents": \n')),
          "bad.jsonl:2: malformed JSON"),
     Case("JSONL line not an object", lambda e: e.index_cmd(e.file("list.jsonl", "[1, 2]\n")),
          "list.jsonl:1: expected a JSON object"),
-    Case("missing id", lambda e: e.index_cmd(e.file("noid.jsonl", '{"contents": "x"}\n')), "noid.jsonl:1: missing 'id'"),
+    Case("missing id", lambda e: e.index_cmd(e.file("noid.jsonl", '{"contents": "x"}\n')),
+         "noid.jsonl:1: missing 'id'"),
     Case("missing contents", lambda e: e.index_cmd(e.file("nocontents.jsonl", '{"id": "a"}\n')),
          "nocontents.jsonl:1: document a has no 'contents'"),
     Case("contents not text", lambda e: e.index_cmd(e.file("obj.jsonl", '{"id": "a", "contents": {"x": 1}}\n')),
@@ -120,7 +122,8 @@ CASES: list[Case] = [
     Case("corpus folder without JSONL", lambda e: e.index_cmd(str(Path(e.file("folder/notes.txt", "x")).parent)),
          "holds no .jsonl files"),
     Case("corpus not found", lambda e: e.index_cmd(str(e.tmp / "nope.jsonl")), "corpus not found"),
-    Case("non-UTF-8 bytes in corpus", lambda e: e.index_cmd(e.file("latin1.jsonl", b'{"id": "a", "contents": "caf\xe9"}\n')),
+    Case("non-UTF-8 bytes in corpus",
+         lambda e: e.index_cmd(e.file("latin1.jsonl", b'{"id": "a", "contents": "caf\xe9"}\n')),
          "latin1.jsonl:1: not UTF-8"),
     Case("empty document", lambda e: e.index_cmd(e.file("emptydoc.jsonl", doc("empty", "") + doc("b", "hello"))),
          "1 document(s) with empty text, indexed as empty", recovers=True, check=_empty_doc_scored),
@@ -132,7 +135,9 @@ CASES: list[Case] = [
     Case("model path that is a file", lambda e: e.search_cmd("--model", str(e.topics)),
          "is neither a DiPair model folder nor a Hugging Face model folder"),
     Case("model path that does not exist", lambda e: e.search_cmd("--model", str(e.tmp / "models" / "typo")),
-         "is not a folder here, nor a Hugging Face model that can be loaded"),
+         "model folder not found: "),
+    Case("model id that is not available offline", lambda e: e.search_cmd("--model", "no-such-org/no-such-model"),
+         "model 'no-such-org/no-such-model' is not a folder here, nor a Hugging Face model that can be loaded"),
     Case("damaged model (truncated safetensors)", lambda e: e.search_cmd("--model", _damaged_model(e)),
          "damaged DiPair model folder (SafetensorError"),
     # topics and queries (dipair-rerank search)
@@ -152,24 +157,29 @@ CASES: list[Case] = [
     Case("query with Lucene syntax", lambda e: e.search_cmd(topics=e.file("lucene.tsv", 'q1\t((cats AND "dogs\n')),
          "", recovers=True, check=_run_lines({"q1": 3})),
     # runs, candidates and options
-    Case("candidate run with wrong column count", lambda e: e.search_cmd("--candidates", e.file("c5.trec", "q1 Q0 d1 1 2.0\n")),
+    Case("candidate run with wrong column count",
+         lambda e: e.search_cmd("--candidates", e.file("c5.trec", "q1 Q0 d1 1 2.0\n")),
          "c5.trec:1: TREC run lines have 6 columns (qid Q0 docid rank score tag), got 5"),
-    Case("candidate run score not a number", lambda e: e.search_cmd("--candidates", e.file("nan.trec", "q1 Q0 d1 1 high x\n")),
+    Case("candidate run score not a number",
+         lambda e: e.search_cmd("--candidates", e.file("nan.trec", "q1 Q0 d1 1 high x\n")),
          "nan.trec:1: score 'high' is not a number"),
-    Case("empty candidate run", lambda e: e.search_cmd("--candidates", e.file("none.trec", "")), "none.trec: empty run"),
+    Case("empty candidate run", lambda e: e.search_cmd("--candidates", e.file("none.trec", "")),
+         "none.trec: empty run"),
     Case("candidate run naming a docid not in the index",
          lambda e: e.search_cmd("--candidates", e.file("ghost.trec", "q1 Q0 d1 1 2.0 x\nq1 Q0 ghost 2 1.0 x\n")),
          "the candidates name 1 docid(s) not in the index: ghost"),
     Case("--depth larger than the candidate list",
-         lambda e: e.search_cmd("--depth", "100", "--candidates", e.file("two.trec", "q1 Q0 d1 1 2 x\nq1 Q0 d2 2 1 x\n")),
+         lambda e: e.search_cmd("--depth", "100", "--candidates",
+                                e.file("two.trec", "q1 Q0 d1 1 2 x\nq1 Q0 d2 2 1 x\n")),
          "had fewer than depth=100 candidates (as few as 0); re-ranked those they had", recovers=True,
          check=_run_lines({"q1": 2, "q2": 0})),
     Case("--depth 0", lambda e: e.search_cmd("--depth", "0"), "--depth and --hits must be at least 1"),
-    Case("index that was never built", lambda e: ["search", "--index", str(e.tmp / "noindex"), "--topics", str(e.topics),
-                                                  "--run", str(e.run)], "missing manifest.json"),
+    Case("index that was never built",
+         lambda e: ["search", "--index", str(e.tmp / "noindex"), "--topics", str(e.topics), "--run", str(e.run)],
+         "missing manifest.json"),
     Case("run path under a file", lambda e: ["search", "--index", str(e.index), "--topics", str(e.topics), "--run",
                                              e.file("afile", "x") + "/out.trec", "--threads", "1"],
-         "cannot write --run"),
+         "afile is a file, not a folder"),
     Case("run path that is a folder", lambda e: ["search", "--index", str(e.index), "--topics", str(e.topics), "--run",
                                                  str(e.tmp)], "is a folder; give a file name"),
     # evaluation (dipair-rerank eval)
@@ -179,7 +189,8 @@ CASES: list[Case] = [
     Case("qrels relevance not an integer", lambda e: ["eval", "--qrels", e.file("qx.txt", "q1 0 d1 high\n"), "--run",
                                                       e.file("ok.trec", "q1 Q0 d1 1 2 x\n")],
          "qx.txt:1: relevance 'high' is not an integer"),
-    Case("run with wrong column count", lambda e: ["eval", "--qrels", str(e.qrels), "--run", e.file("r7.trec", "q1 Q0 d1 1 2 x y\n")],
+    Case("run with wrong column count",
+         lambda e: ["eval", "--qrels", str(e.qrels), "--run", e.file("r7.trec", "q1 Q0 d1 1 2 x y\n")],
          "r7.trec:1: TREC run lines have 6 columns (qid Q0 docid rank score tag), got 7"),
     Case("unknown irds: id", lambda e: ["eval", "--qrels", "irds:no/such/dataset", "--run", str(e.qrels)],
          "unknown ir_datasets id 'no/such/dataset'"),
@@ -187,7 +198,7 @@ CASES: list[Case] = [
 
 
 def _damaged_model(env: Env) -> str:
-    target = env.tmp / "damaged"
+    target = env.tmp / "model-copy"
     if not target.exists():
         shutil.copytree(env.model, target)
         weights = target / "model.safetensors"

@@ -100,3 +100,13 @@ def test_unpublished_index_is_not_an_index(index_copy, capsys):
     (index_copy / "manifest.json").unlink()
     assert main(["verify", "--index", str(index_copy)]) == 2
     assert "missing manifest.json" in error_line(capsys)
+
+
+def test_damaged_cache_json_is_one_line(index_copy, tiny_files, tmp_path, capsys):
+    config = index_copy / "dipair" / "cache.json"
+    config.write_text(config.read_text()[:-40])
+    assert main(["verify", "--index", str(index_copy)]) == 2
+    assert "cache.json is damaged" in error_line(capsys)
+    assert main(["search", "--index", str(index_copy), "--topics", str(tiny_files["topics"]), "--run",
+                 str(tmp_path / "r.trec")]) == 2
+    assert "cache.json is damaged" in error_line(capsys)

@@ -66,7 +66,7 @@ def test_kill_9_then_rerun_resumes_and_equals_a_clean_build(tiny_model_dir, tmp_
     try:
         deadline = time.monotonic() + 90
         while len(finished_shards(staging_cache)) < 3:
-            assert process.poll() is None, f"index finished or failed before the kill: {(tmp_path / 'killed.log').read_text()}"
+            assert process.poll() is None, f"index ended before the kill: {(tmp_path / 'killed.log').read_text()}"
             assert time.monotonic() < deadline, "no cache shard written in 90 s"
             time.sleep(0.01)
         # a reader opening the index now, mid-rebuild, sees the previous complete version
@@ -108,3 +108,25 @@ def test_kill_9_then_rerun_resumes_and_equals_a_clean_build(tiny_model_dir, tmp_
     for key in ("num_docs", "corpus_fingerprint", "model_fingerprint", "components"):
         assert manifest[key] == clean_manifest[key]
     assert PrefixCache(target / "dipair").verify() == []
+
+
+def test_a_normalisation_killed_midway_leaves_nothing_in_the_published_index(tiny_model, tiny_files, tmp_path,
+                                                                             monkeypatch):
+    """The corpus is normalised into ``corpus.jsonl.<pid>.tmp``: a kill there leaves that file in the staging
+    folder; the resumed build must not publish it inside the index."""
+    import pytest
+
+    import dipair_rerank.indexer as indexer
+
+    options = IndexOptions(shard_rows=5, batch_size=4, threads=1, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexer, "encode_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny_files["corpus"], tmp_path / "idx", model=tiny_model, options=options)
+    monkeypatch.undo()
+    (tmp_path / ".idx.building" / "corpus.jsonl.999999.tmp").write_text("half a corpus")
+    build_index(tiny_files["corpus"], tmp_path / "idx", model=tiny_model, options=options)
+    assert not list((tmp_path / "idx").rglob("*.tmp")) and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

@@ -36,7 +36,8 @@ def cli(args: list[str], home: Path, timeout: float = 60) -> tuple[subprocess.Co
 def test_offline_irds_topics_fail_in_one_line(tiny_index, tmp_path, topics, message):
     """A known id whose source is not seeded tries to download; offline that fails fast, in one line."""
     run = tmp_path / "runs" / "r.trec"
-    done, seconds = cli(["search", "--index", str(tiny_index), "--topics", topics, "--run", str(run)], tmp_path / "irds")
+    args = ["search", "--index", str(tiny_index), "--topics", topics, "--run", str(run)]
+    done, seconds = cli(args, tmp_path / "irds")
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), done.stderr
     assert seconds < 60 and not run.parent.exists()

@@ -81,3 +81,28 @@ def test_train_command_cached_stage1(tiny_files, tmp_path, capsys):
     assert np.isfinite(summary["best_val_ndcg10"])
     assert model.config.doc_prefix == cfg().doc_prefix
     assert "model saved to" in capsys.readouterr().out
+
+
+def test_scale_calibration_lowers_the_initial_kl(tmp_path):
+    from dipair_rerank.train.cached import cached_scores, calibrate_similarity_scale, pack
+    from dipair_rerank.train.losses import listwise_kl
+
+    model = DiPairModel(tiny_config())
+    examples = _examples()
+    queries = extract_features(model, [e.query for e in examples], tmp_path / "q", side="query", keep=4,
+                               progress=False)
+    docs = extract_features(model, [t for _, t in TINY_DOCS], tmp_path / "d", side="doc", keep=6, progress=False)
+    packed = pack(examples, queries, docs, dict(TINY_DOCS))
+    device = torch.device("cpu")
+
+    def kl() -> float:
+        with torch.no_grad():
+            scores = cached_scores(model, queries, docs, packed.q_rows, packed.d_rows, device)
+        return float(listwise_kl(scores, torch.from_numpy(packed.teacher), torch.from_numpy(packed.mask)))
+
+    before = kl()
+    scale = calibrate_similarity_scale(model, packed, queries, docs, device)
+    assert scale is not None and abs(float(model.similarity_scale) - scale) < 1e-4 and kl() <= before + 1e-6
+    with torch.no_grad():
+        model.score_out.weight.fill_(0.1)  # a trained head is left alone
+    assert calibrate_similarity_scale(model, packed, queries, docs, device) is None

@@ -1,0 +1,75 @@
+"""The load test script runs end to end (small scale, tiny index), and the heap guard trims only on growth."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from dipair_rerank._memory import HeapGuard
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("load_test", ROOT / "eval" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_test_runs_and_reports(tiny_index, tiny_files, tmp_path, capsys):
+    script = load_script()
+    memory = script.memory_mb()
+    assert memory["rss"] > 0 and memory["anon"] > 0
+    queries = script.synthetic_queries(tiny_files["topics"], 50)
+    assert len(queries) == 50 and all(2 <= len(q.split()) <= 8 for q in queries)
+    output = tmp_path / "load.json"
+    code = script.main(["--index", str(tiny_index), "--vocabulary", str(tiny_files["topics"]), "--queries", "120",
+                        "--warmup", "40", "--sample-every", "40", "--depth", "5", "--threads", "1",
+                        "--batch-size", "16",
+                        "--query-backend", "torch", "--output", str(output)])
+    report = json.loads(output.read_text())
+    assert code == 0 and report["summary"]["passed"] and report["summary"]["queries"] == 120
+    assert [s["queries"] for s in report["samples"]] == [48, 96, 120]
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_heap_guard_trims_only_after_growth_beyond_slack(monkeypatch):
+    guard = HeapGuard(slack_mb=1)
+    if guard._trim is None:  # not glibc: nothing to do, nothing to test
+        return
+    calls = []
+    monkeypatch.setattr(guard, "_trim", lambda pad: calls.append(pad))
+    pages_per_mb = 2**20 // guard._page
+    levels = iter([100, 100 + pages_per_mb // 2, 100 + 2 * pages_per_mb, 120, 120 + pages_per_mb // 2])
+    monkeypatch.setattr(guard, "_anon_pages", lambda: next(levels))
+    guard.check()  # first batch: sets the level
+    guard.check()  # +0.5 MB: nothing
+    assert calls == []
+    guard.check()  # +2 MB > 1 MB slack: trim
+    assert calls == [0] and guard.trims == 1
+    guard.check()  # the batch after a trim sets the new level
+    guard.check()
+    assert calls == [0]
+
+
+def test_heap_guard_off(monkeypatch):
+    monkeypatch.setenv("DIPAIR_HEAP_SLACK_MB", "0")
+    guard = HeapGuard()
+    assert guard._trim is None
+    guard.check()
+
+
+def test_jvm_options_reach_the_jvm():
+    """DIPAIR_JVM_OPTIONS (used by the load test to pin the heap) is applied when the JVM starts."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from dipair_rerank._java import ensure_jvm; ensure_jvm(); from jnius import autoclass; "
+            "print(autoclass('java.lang.Runtime').getRuntime().maxMemory() // 2**20)")
+    env = {**os.environ, "DIPAIR_JVM_OPTIONS": "-Xms96m -Xmx96m"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 80 <= int(out.stdout.split()[-1]) <= 96

@@ -1,0 +1,14 @@
+"""The shipped default model: small, trained (non-zero head output layer), loaded when no model is named."""
+
+from dipair_rerank.model import load_model
+from dipair_rerank.model.default import SHIPPED_DIR
+
+
+def test_shipped_model_is_small_and_the_default():
+    files = [p for p in SHIPPED_DIR.rglob("*") if p.is_file()]
+    assert (SHIPPED_DIR / "dipair_config.json").is_file()
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+    model = load_model(None)
+    assert model.config.query_prefix == 8 and model.config.doc_prefix == 16 and model.config.proj_dim == 128
+    assert float(model.score_out.weight.detach().abs().sum()) > 0  # trained, not the zero-initialised head
+    assert float(model.similarity_scale.detach()) > 1.0  # calibrated to the teacher's score spread
