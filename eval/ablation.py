@@ -34,6 +34,7 @@ logger = logging.getLogger("ablation")
 BASE = dict(query_prefix=8, doc_prefix=16, proj_dim=128, head_layers=2, similarity_residual=True)
 VARIANTS = [
     ("default (m=8, n=16, d_p=128, 2 layers, residual)", {}),
+    ("no similarity residual", {"similarity_residual": False}),
     ("m=4", {"query_prefix": 4}),
     ("m=16", {"query_prefix": 16}),
     ("n=8", {"doc_prefix": 8}),
@@ -42,7 +43,6 @@ VARIANTS = [
     ("d_p=256", {"proj_dim": 256, "head_ffn": 1024}),
     ("1 head layer", {"head_layers": 1}),
     ("3 head layers", {"head_layers": 3}),
-    ("no similarity residual", {"similarity_residual": False}),
 ]
 SET_NAMES = ["scifact-train", "scifact-titles", "dl21", "dl22", "marco-dev"]
 

@@ -241,7 +241,7 @@ def calibrate_similarity_scale(model: DiPairModel, packed: _Packed, queries: Fea
     was_training = model.training
     model.eval()
     idx = np.arange(min(sample, len(packed)))
-    current = float(model.similarity_scale)
+    current = float(model.similarity_scale.detach())
     cosines = cached_scores(model, queries, docs, packed.q_rows[idx], packed.d_rows[idx], device) / current
     mask = torch.from_numpy(packed.mask[idx]).to(device)
     teacher = torch.from_numpy(packed.teacher[idx]).to(device)
