@@ -249,13 +249,13 @@ def _cmd_teacher_scores(args: argparse.Namespace) -> None:
 
     from dipair_rerank.data import read_qrels, read_run, read_topics, write_run
     from dipair_rerank.train.fusion import format_scorers, fusion_teacher, parse_scorers, write_fit_report
-    from dipair_rerank.train.sets import TrainSetSpec, _texts
+    from dipair_rerank.train.sets import TrainSetSpec, load_texts
 
     torch.set_num_threads(args.threads)
     scorers = parse_scorers(args.scorers)
     topics = read_topics(args.topics)
     candidates = {q: hits[: args.depth] for q, hits in read_run(args.candidates).items() if q in topics}
-    texts = _texts(TrainSetSpec(args.topics, corpus=args.corpus), {d for h in candidates.values() for d, _ in h})
+    texts = load_texts(TrainSetSpec(args.topics, corpus=args.corpus), {d for h in candidates.values() for d, _ in h})
     qrels = read_qrels(args.fit_qrels) if args.fit_qrels else None
     run, weights, fitted = fusion_teacher(scorers, topics, candidates, texts, fit_qrels=qrels,
                                           step=args.grid_step, cache_dir=Path(args.cache_dir), device=args.device)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from dipair_rerank.data import read_run, read_topics
 from dipair_rerank.model import DiPairConfig, DiPairModel
 from dipair_rerank.train.features import extract_features
-from dipair_rerank.train.sets import TrainSetSpec, _texts
+from dipair_rerank.train.sets import prepared_set_texts
 
 
 def main() -> None:
@@ -30,14 +29,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     model = DiPairModel(DiPairConfig())  # the packaged encoder, as every default-shaped model reads it
-    queries: list[str] = []
-    docs: list[str] = []
-    for folder in sorted(Path(args.sets).iterdir()):
-        topics = read_topics(folder / "topics.tsv")
-        run = read_run(folder / "candidates.trec")
-        queries += [topics[q] for q in run]
-        spec = TrainSetSpec(str(folder / "topics.tsv"), corpus=str(folder / "corpus"))
-        docs += list(_texts(spec, {d for hits in run.values() for d, _ in hits}).values())
+    queries, docs = prepared_set_texts(args.sets)
     features = Path(args.features)
     extract_features(model, queries, features / "query-L32-k16", side="query", keep=16)
     extract_features(model, docs, features / "doc-L256-k32", side="doc", keep=32)

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dipair_rerank.data import read_run, read_topics
 from dipair_rerank.model import DiPairConfig, DiPairModel
 from dipair_rerank.train.features import _load, normalised_pooled, text_key
 from dipair_rerank.train.fusion import PACKAGED_BIENCODER, EmbeddingCache, _text_key, load_biencoder
-from dipair_rerank.train.sets import TrainSetSpec, _texts
+from dipair_rerank.train.sets import prepared_set_texts
 
 logger = logging.getLogger("seed_biencoder_cache")
 
@@ -38,13 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tokenizer = DiPairModel(DiPairConfig()).tokenizer
-    queries, docs = [], []
-    for folder in sorted(Path(args.sets).iterdir()):
-        topics = read_topics(folder / "topics.tsv")
-        run = read_run(folder / "candidates.trec")
-        queries += [topics[q] for q in run]
-        spec = TrainSetSpec(str(folder / "topics.tsv"), corpus=str(folder / "corpus"))
-        docs += list(_texts(spec, {d for hits in run.values() for d, _ in hits}).values())
+    queries, docs = prepared_set_texts(args.sets)
     short = [q for q in dict.fromkeys(queries) if len(tokenizer(q)["input_ids"]) < 32]
     sources = []
     for side, texts, max_length in (("query", short, 32), ("doc", list(dict.fromkeys(docs)), 256)):

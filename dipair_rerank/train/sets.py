@@ -62,7 +62,8 @@ def _candidates(spec: TrainSetSpec, topics: dict[str, str], depth: int) -> Run:
     return {qid: [(c.docid, c.score) for c in found] for qid, found in zip(qids, hits)}
 
 
-def _texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
+def load_texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
+    """Text of each of ``docids``, from the set's corpus or its index's stored contents (all must exist)."""
     if spec.corpus is not None:
         texts = {doc.docid: doc.text for doc in read_corpus(spec.corpus) if doc.docid in docids}
     else:
@@ -83,6 +84,20 @@ def _texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
         raise DiPairError(f"training set {spec.topics}: {len(missing)} candidate docid(s) have no text, "
                           f"e.g. {sorted(missing)[0]}")
     return texts
+
+
+def prepared_set_texts(sets_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Queries and candidate-document texts of every prepared training set under ``sets_dir`` (one folder per
+    set with topics.tsv, candidates.trec and corpus/, as eval/prepare_train_data.py writes them)."""
+    queries: list[str] = []
+    docs: list[str] = []
+    for folder in sorted(Path(sets_dir).iterdir()):
+        topics = read_topics(folder / "topics.tsv")
+        run = read_run(folder / "candidates.trec")
+        queries += [topics[q] for q in run]
+        spec = TrainSetSpec(str(folder / "topics.tsv"), corpus=str(folder / "corpus"))
+        docs += list(load_texts(spec, {d for hits in run.values() for d, _ in hits}).values())
+    return queries, docs
 
 
 def _prefixed(run: Run, prefix: str) -> Run:
@@ -177,7 +192,7 @@ def load_sets(sets: Sequence[TrainSetSpec], teachers: Sequence[str], *, depth: i
         prefix = f"{number}:" if len(sets) > 1 else ""
         set_topics = read_topics(spec.topics)
         set_candidates = _candidates(spec, set_topics, depth)
-        set_texts = _texts(spec, {d for hits in set_candidates.values() for d, _ in hits})
+        set_texts = load_texts(spec, {d for hits in set_candidates.values() for d, _ in hits})
         set_teacher = score_candidates(teacher_spec, set_topics, set_candidates, set_texts,
                                        cache_dir=cache_dir, device=device)
         topics.update({prefix + q: t for q, t in set_topics.items()})
