@@ -36,8 +36,11 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-rows", type=int, default=65536, help="documents per cache shard (default 65536)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch and Lucene threads")
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
-                   help="cache storage: fp16 (exact), int8 (half size), pq (--pq-m bytes per vector)")
-    p.add_argument("--pq-m", type=int, default=8, help="pq sub-quantisers = bytes per cached vector (default 8)")
+                   help="cache storage: fp16 (exact, 4354 B/doc with the default model), int8 (2178 B/doc), "
+                   "pq (226 B/doc with the defaults below; eval/RESULTS.md has the quality of each)")
+    p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
+    p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
+                   help="pq: bits per value of the pooled vector, which the score reads directly (default 6)")
     p.add_argument("--shard-id", type=int, default=0, help="build only this slice of the cache shards ...")
     p.add_argument("--num-shards", type=int, default=1, help="... out of this many (run one per process/machine; "
                    "the run that completes the set publishes the index)")
@@ -55,8 +58,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
         raise DiPairError(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
     layout = build_index(args.corpus, args.index, model=args.model, options=IndexOptions(
         dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
-        codec=args.codec, pq_m=args.pq_m, shard_id=args.shard_id, num_shards=args.num_shards, engine=args.engine,
-        ray_address=args.ray_address, workers=args.workers))
+        codec=args.codec, pq_m=args.pq_m, pq_pooled_bits=args.pq_pooled_bits, shard_id=args.shard_id,
+        num_shards=args.num_shards, engine=args.engine, ray_address=args.ray_address, workers=args.workers))
     if not layout.manifest_path.is_file():
         print(f"wrote cache shards {args.shard_id} (mod {args.num_shards}) of {layout.root}; "
               "the run that completes the set publishes it")

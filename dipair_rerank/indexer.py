@@ -43,7 +43,8 @@ class IndexOptions:
         batch_size: documents per encoder batch.
         shard_rows: documents per cache shard (the unit of resumption).
         threads: Lucene indexing threads and torch threads.
-        codec / pq_m: cache storage, ``fp16`` (exact), ``int8`` or ``pq`` (``pq_m`` bytes per vector).
+        codec / pq_m / pq_pooled_bits: cache storage, ``fp16`` (exact), ``int8`` or ``pq`` (``pq_m`` bytes per
+            prefix vector; the model's pooled vector scalar-quantised to ``pq_pooled_bits`` bits per value).
         shard_id / num_shards: build only every ``num_shards``-th cache shard starting at ``shard_id`` (split the
             work over processes or machines sharing the folder); the run that completes the set publishes.
         engine / ray_address / workers: ``ray`` encodes shards on a Ray actor pool (``pip install
@@ -57,14 +58,17 @@ class IndexOptions:
     progress: bool = True
     codec: str = "fp16"
     pq_m: int = 8
+    pq_pooled_bits: int = 6
     shard_id: int = 0
     num_shards: int = 1
     engine: str = "local"
     ray_address: str | None = None
     workers: int = 2
 
-    def codec_params(self) -> dict[str, int]:
-        return {"m": self.pq_m} if self.codec == "pq" else {}
+    def codec_params(self, model: DiPairModel) -> dict[str, int]:
+        if self.codec != "pq":
+            return {}
+        return {"m": self.pq_m, "pooled_bits": self.pq_pooled_bits if model.config.pooled_slot else 0}
 
 
 def _staging_dir(index_dir: Path) -> Path:
@@ -143,7 +147,7 @@ def cache_writer(model: DiPairModel, staging: Path, options: IndexOptions) -> Ca
         dim=model.config.proj_dim,
         shard_rows=options.shard_rows,
         codec_name=options.codec,
-        codec_params=options.codec_params(),
+        codec_params=options.codec_params(model),
     )
 
 
@@ -283,7 +287,7 @@ def build_index(
         "dense": options.dense,
         "shard_rows": options.shard_rows,
         "codec": options.codec,
-        "codec_params": options.codec_params(),
+        "codec_params": options.codec_params(model),
     }
     state_path = staging / BUILD_STATE
     if staging.exists() and (not state_path.is_file() or json.loads(state_path.read_text()) != state):

@@ -24,8 +24,16 @@ from dipair_rerank.evaluate import evaluate
 from dipair_rerank.evaluate.report import format_table
 from effectiveness import COLLECTIONS
 
-CODEC_SPECS = {"fp16": ("fp16", {}), "int8": ("int8", {}), "pq8": ("pq", {"m": 8}), "pq16": ("pq", {"m": 16}),
-               "pq32": ("pq", {"m": 32})}
+# pqM-pB: M bytes per prefix vector, the pooled vector at B bits per value ("pq8-p6" is what --codec pq builds);
+# "-all": the pooled vector product-quantised like the rest; "-sN": another k-means seed, to show the spread.
+CODEC_SPECS = {"fp16": ("fp16", {}), "int8": ("int8", {}),
+               "pq8-p6": ("pq", {"m": 8, "pooled_bits": 6}),
+               "pq8-p6-s1": ("pq", {"m": 8, "pooled_bits": 6, "seed": 1}),
+               "pq8-p6-s2": ("pq", {"m": 8, "pooled_bits": 6, "seed": 2}),
+               "pq4-p6": ("pq", {"m": 4, "pooled_bits": 6}),
+               "pq4-p8": ("pq", {"m": 4, "pooled_bits": 8}),
+               "pq8-p8": ("pq", {"m": 8, "pooled_bits": 8}),
+               "pq8-all": ("pq", {"m": 8}), "pq16-all": ("pq", {"m": 16}), "pq32-all": ("pq", {"m": 32})}
 
 
 def gather_ms(cache, repeats: int = 300) -> float:
@@ -43,7 +51,7 @@ def gather_ms(cache, repeats: int = 300) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq8", "pq16", "pq32"])
+    parser.add_argument("--codecs", nargs="+", default=list(CODEC_SPECS), choices=list(CODEC_SPECS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="eval/results/bench_codecs.json", help="where to save the numbers")
     parser.add_argument("--work", default=None)

@@ -2,8 +2,11 @@
 
 1. Prefix-cache build (the document branch in length-sorted batches + shard writing) against the bare encoder
    forward at the same batch size and max length (corpus order, padded per batch), on SciFact and DL19 docs.
-2. Search-process RSS with a 10k-document cache vs a 1M-document cache (synthesised rows): the cache is
-   memory-mapped, so RSS should not grow with the corpus.
+2. Cache build engines (issue 5): one process with 2 torch threads, and Ray with 1 and 2 single-thread workers,
+   on the same DL19 passages (start-up included: actors load the model, so use enough documents for it to be
+   paid once, as in a real build).
+3. Search-process RSS, open time and gather latency with a 10k-document cache vs 1M-document caches
+   (synthesised rows) in each codec: the cache is memory-mapped, so RSS should not grow with the corpus.
 
     python eval/bench_index.py [--docs 1000] [--big-rows 1000000]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,11 +88,14 @@ def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_
     return rows
 
 
-def synth_cache(folder: Path, rows: int, slots: int, dim: int, shard_rows: int = 65536) -> None:
+CODECS = {"fp16": {}, "int8": {}, "pq": {"m": 8, "pooled_bits": 6}}  # pq as `index --codec pq` builds it
+
+
+def synth_cache(folder: Path, rows: int, slots: int, dim: int, codec: str = "fp16", shard_rows: int = 65536) -> None:
     from dipair_rerank.cache import CacheWriter
 
     writer = CacheWriter(folder, model_fingerprint="synthetic", model_config={}, slots=slots, dim=dim,
-                         shard_rows=shard_rows)
+                         shard_rows=shard_rows, codec_name=codec, codec_params=CODECS[codec])
     block = np.random.default_rng(0).standard_normal((shard_rows, slots, dim)).astype(np.float16)
     for shard, start in enumerate(range(0, rows, shard_rows)):
         count = min(shard_rows, rows - start)
@@ -128,7 +135,8 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=10_000)
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300, help="gathers of 100 random rows in the RSS probe")
-    parser.add_argument("--engine-docs", type=int, default=1200, help="DL19 docs for the engine comparison (0: skip)")
+    parser.add_argument("--engine-docs", type=int, default=4000, help="DL19 docs for the engine comparison (0: skip)")
+    parser.add_argument("--engine-shards", type=int, default=32, help="cache shards they are split into")
     parser.add_argument("--json", default="eval/results/bench_index.json", help="where to save the numbers")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args()
@@ -149,14 +157,17 @@ def main() -> None:
         engines = []
         if args.engine_docs:
             texts = [doc.text for _, doc in zip(range(args.engine_docs), read_corpus(data / "msmarco-dl19" / "corpus.jsonl"))]
-            engines = engine_rates(model, texts, Path(scratch), max(1, args.engine_docs // 8), args.batch_size)
+            engines = engine_rates(model, texts, Path(scratch), max(1, args.engine_docs // args.engine_shards),
+                                   args.batch_size)
             torch.set_num_threads(args.threads)
         memory = []
-        for count in (args.small_rows, args.big_rows):
-            folder = Path(scratch) / f"synthetic-{count}"
-            synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim)
+        for count, codec in ((args.small_rows, "fp16"), *((args.big_rows, codec) for codec in CODECS)):
+            folder = Path(scratch) / f"synthetic-{count}-{codec}"
+            synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim, codec)
             size_gb = sum(p.stat().st_size for p in folder.iterdir()) / 1e9
-            memory.append({"cached docs": count, "cache GB": size_gb, **probe(folder, args.queries)})
+            memory.append({"cached docs": count, "codec": codec, "cache GB": size_gb, **probe(folder, args.queries)})
+            if count == args.big_rows:  # 4.4 GB in fp16: free the disk before the next codec
+                shutil.rmtree(folder)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
                                            "throughput": rows, "engines": engines, "memory": memory}, indent=1))
@@ -166,12 +177,12 @@ def main() -> None:
     if engines:
         print(format_table(engines, ["engine", "docs", "docs/s", "vs 1 ray worker"]))
         print(f"ray 2 workers / local 2 threads: {engines[2]['docs/s'] / engines[0]['docs/s']:.2f}")
-    print(format_table(memory, ["cached docs", "cache GB", "rss_growth_mb", "anon_growth_mb", "mapped_cache_mb",
-                                "open_s", "gather_p50_ms"]))
+    print(format_table(memory, ["cached docs", "codec", "cache GB", "rss_growth_mb", "anon_growth_mb",
+                                "mapped_cache_mb", "open_s", "gather_p50_ms"]))
     for key, what in (("rss_growth_mb", "RSS"), ("anon_growth_mb", "private (anonymous) RSS")):
         growth = memory[1][key] - memory[0][key]
-        print(f"{what} growth, {args.small_rows} -> {args.big_rows} cached docs, after {args.queries} gathers: "
-              f"{growth:.1f} MB")
+        print(f"{what} growth, {args.small_rows} -> {args.big_rows} cached docs (fp16), after {args.queries} "
+              f"gathers: {growth:.1f} MB")
     print("(mapped cache pages are page cache the kernel can drop; they grow with the distinct rows read, "
           "not with the corpus)")
 

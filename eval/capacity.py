@@ -27,10 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="eval/results")
     parser.add_argument("--deadline-hours", type=float, default=24.0)
+    parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq8-p6", "pq4-p6"],
+                        help="bench_codecs.py rows to size (pq8-p6 is what --codec pq builds)")
     args = parser.parse_args()
     index = json.loads((Path(args.results) / "bench_index.json").read_text())
     codecs = json.loads((Path(args.results) / "bench_codecs.json").read_text())["rows"]
-    bytes_per_doc = {row["codec"]: row["bytes/doc"] for row in codecs}
+    bytes_per_doc = {row["codec"]: row["bytes/doc"] for row in codecs if row["codec"] in args.codecs}
     # MS MARCO passages are short (the DL19 rate); SciFact abstracts are long
     rate = next(r["cache build docs/s"] for r in index["throughput"] if r["corpus"] == "msmarco-dl19")
     engines = index.get("engines") or []

@@ -1,6 +1,9 @@
-"""How cached document vectors are stored: ``fp16`` (exact), ``int8`` (faiss scalar quantiser, 2x smaller) or
-``pq`` (faiss product quantiser, ``m`` bytes per vector). Codes are decoded at gather time, for the k
-candidates only. A codec's trained state is a plain float32 array (``codec.npy``), never a pickle."""
+"""How cached document blocks are stored: ``fp16`` (exact), ``int8`` (faiss scalar quantiser, 2x smaller) or
+``pq`` (faiss product quantiser for the prefix vectors, about 20x smaller). Codes are decoded at gather time,
+for the k candidates only. A codec's trained state is a plain float32 array (``codec.npy``), never a pickle.
+
+Every codec turns a block [rows, slots, dim] into codes [rows, *row_shape] and back.
+"""
 
 from __future__ import annotations
 
@@ -19,21 +22,17 @@ logger = logging.getLogger(__name__)
 CODEC_STATE = "codec.npy"
 CODEC_PARAMS = "codec.json"  # the parameters training settled on (pq may lower nbits on tiny corpora)
 CODECS = ("fp16", "int8", "pq")
+POOLED_BITS = (4, 6, 8)  # scalar-quantiser widths faiss offers for the pooled slot under pq
 
 
 class Codec(Protocol):
     name: str
-    dim: int
+    code_dtype: np.dtype
+    row_shape: tuple[int, ...]
 
-    @property
-    def code_dtype(self) -> np.dtype: ...
+    def train(self, blocks: np.ndarray) -> None: ...
 
-    @property
-    def code_size(self) -> int: ...
-
-    def train(self, vectors: np.ndarray) -> None: ...
-
-    def encode(self, vectors: np.ndarray) -> np.ndarray: ...
+    def encode(self, blocks: np.ndarray) -> np.ndarray: ...
 
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
 
@@ -42,21 +41,39 @@ class Codec(Protocol):
     def state(self) -> np.ndarray | None: ...
 
 
+def bytes_per_row(codec: Codec) -> int:
+    return int(np.prod(codec.row_shape)) * codec.code_dtype.itemsize
+
+
+def _flat(vectors: np.ndarray, dim: int) -> np.ndarray:
+    return np.ascontiguousarray(vectors.reshape(-1, dim), dtype=np.float32)
+
+
+def scalar_quantizer(dim: int, bits: int, state: np.ndarray | None = None):
+    """A faiss ScalarQuantizer of ``bits`` (4, 6 or 8) per value, trained state restored when given."""
+    import faiss
+
+    kinds = {4: faiss.ScalarQuantizer.QT_4bit, 6: faiss.ScalarQuantizer.QT_6bit, 8: faiss.ScalarQuantizer.QT_8bit}
+    quantizer = faiss.ScalarQuantizer(dim, kinds[bits])
+    if state is not None:
+        faiss.copy_array_to_vector(np.ascontiguousarray(state, dtype=np.float32), quantizer.trained)
+    return quantizer
+
+
 class Fp16Codec:
     """The model's document vectors are fp16-exact, so fp16 storage is lossless."""
 
     name = "fp16"
     code_dtype = np.dtype(np.float16)
 
-    def __init__(self, dim: int):
-        self.dim = dim
-        self.code_size = dim
+    def __init__(self, slots: int, dim: int):
+        self.row_shape = (slots, dim)
 
-    def train(self, vectors: np.ndarray) -> None:
+    def train(self, blocks: np.ndarray) -> None:
         pass
 
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        return vectors.astype(np.float16, copy=False)
+    def encode(self, blocks: np.ndarray) -> np.ndarray:
+        return blocks.astype(np.float16, copy=False)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return codes
@@ -68,38 +85,26 @@ class Fp16Codec:
         return None
 
 
-class _FaissCodec:
-    """Shared plumbing: faiss codecs work on [N, dim] float32; blocks are [rows, slots, dim]."""
-
-    code_dtype = np.dtype(np.uint8)
-
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        rows, slots, _ = vectors.shape
-        flat = np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32)
-        return self.quantizer.compute_codes(flat).reshape(rows, slots, self.code_size)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        rows, slots, _ = codes.shape
-        flat = np.ascontiguousarray(codes.reshape(-1, self.code_size))
-        return self.quantizer.decode(flat).reshape(rows, slots, self.dim)
-
-
-class Int8Codec(_FaissCodec):
+class Int8Codec:
     """Per-dimension 8-bit scalar quantisation (range trained on a sample): 1 byte per value."""
 
     name = "int8"
+    code_dtype = np.dtype(np.uint8)
 
-    def __init__(self, dim: int, state: np.ndarray | None = None):
-        import faiss
+    def __init__(self, slots: int, dim: int, state: np.ndarray | None = None):
+        self.slots, self.dim = slots, dim
+        self.quantizer = scalar_quantizer(dim, 8, state)
+        self.row_shape = (slots, int(self.quantizer.code_size))
 
-        self.dim = dim
-        self.quantizer = faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit)
-        self.code_size = int(self.quantizer.code_size)
-        if state is not None:
-            faiss.copy_array_to_vector(np.ascontiguousarray(state, dtype=np.float32), self.quantizer.trained)
+    def train(self, blocks: np.ndarray) -> None:
+        self.quantizer.train(_flat(blocks, self.dim))
 
-    def train(self, vectors: np.ndarray) -> None:
-        self.quantizer.train(np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32))
+    def encode(self, blocks: np.ndarray) -> np.ndarray:
+        return self.quantizer.compute_codes(_flat(blocks, self.dim)).reshape(len(blocks), *self.row_shape)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        flat = np.ascontiguousarray(codes.reshape(-1, self.row_shape[1]))
+        return self.quantizer.decode(flat).reshape(len(codes), self.slots, self.dim)
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -110,51 +115,93 @@ class Int8Codec(_FaissCodec):
         return faiss.vector_to_array(self.quantizer.trained)
 
 
-class PQCodec(_FaissCodec):
-    """Product quantisation: ``m`` sub-vectors, each replaced by one of 2**nbits trained centroids."""
+class PQCodec:
+    """Product quantisation of the prefix vectors: ``m`` sub-vectors each, each replaced by one of 2**nbits
+    trained centroids (``m`` bytes per vector).
+
+    With ``pooled_bits`` set, the last slot (the model's pooled vector) gets its own scalar quantiser of that
+    many bits per value instead: the score reads it directly through the cosine term, and
+    eval/codec_sensitivity.py measured it as the one slot coarse codes hurt (prefix vectors take 8 bytes each at
+    no measured loss).
+    """
 
     name = "pq"
+    code_dtype = np.dtype(np.uint8)
 
-    def __init__(self, dim: int, m: int = 8, nbits: int = 8, state: np.ndarray | None = None):
+    def __init__(self, slots: int, dim: int, m: int = 8, nbits: int = 8, pooled_bits: int = 0, seed: int = 1234,
+                 state: np.ndarray | None = None):
         import faiss
 
         if dim % m:
             raise DiPairError(f"pq: width {dim} is not divisible by --pq-m {m}")
-        self.dim, self.m, self.nbits = dim, m, nbits
+        if pooled_bits not in (0, *POOLED_BITS):
+            raise DiPairError(f"pq: pooled slot bits must be one of {POOLED_BITS}, got {pooled_bits}")
+        self.slots, self.dim, self.m, self.nbits, self.pooled_bits, self.seed = slots, dim, m, nbits, pooled_bits, seed
+        self.pq_slots = slots - (1 if pooled_bits else 0)
         self.quantizer = faiss.ProductQuantizer(dim, m, nbits)
-        self.code_size = int(self.quantizer.code_size)
-        if state is not None:
-            faiss.copy_array_to_vector(np.ascontiguousarray(state, dtype=np.float32), self.quantizer.centroids)
+        pq_state, sq_state = (None, None) if state is None else np.split(state, [self.quantizer.centroids.size()])
+        if pq_state is not None:
+            faiss.copy_array_to_vector(np.ascontiguousarray(pq_state, dtype=np.float32), self.quantizer.centroids)
+        self.pooled = scalar_quantizer(dim, pooled_bits, sq_state) if pooled_bits else None
+        self._layout()
 
-    def train(self, vectors: np.ndarray) -> None:
+    def _layout(self) -> None:
+        self.pq_bytes = self.pq_slots * int(self.quantizer.code_size)
+        self.row_shape = (self.pq_bytes + (int(self.pooled.code_size) if self.pooled is not None else 0),)
+
+    def train(self, blocks: np.ndarray) -> None:
         import faiss
 
-        sample = np.ascontiguousarray(vectors.reshape(-1, self.dim), dtype=np.float32)
+        sample = _flat(blocks[:, : self.pq_slots], self.dim)
         nbits = min(self.nbits, int(math.log2(max(len(sample), 2))))
         if nbits < self.nbits:  # too few vectors for 2**nbits centroids (tiny corpora)
             logger.warning("pq: %d training vectors; using %d-bit codes", len(sample), nbits)
             self.nbits = nbits
             self.quantizer = faiss.ProductQuantizer(self.dim, self.m, nbits)
-            self.code_size = int(self.quantizer.code_size)
+            self._layout()
+        self.quantizer.cp.seed = self.seed  # k-means initialisation: the seed is part of the recorded params
         self.quantizer.train(sample)
+        if self.pooled is not None:
+            self.pooled.train(_flat(blocks[:, self.pq_slots], self.dim))
+
+    def encode(self, blocks: np.ndarray) -> np.ndarray:
+        rows = len(blocks)
+        codes = self.quantizer.compute_codes(_flat(blocks[:, : self.pq_slots], self.dim)).reshape(rows, -1)
+        if self.pooled is not None:
+            codes = np.concatenate([codes, self.pooled.compute_codes(_flat(blocks[:, self.pq_slots], self.dim))], 1)
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        rows = len(codes)
+        out = np.empty((rows, self.slots, self.dim), dtype=np.float32)
+        prefix = np.ascontiguousarray(codes[:, : self.pq_bytes]).reshape(rows * self.pq_slots, -1)
+        out[:, : self.pq_slots] = self.quantizer.decode(prefix).reshape(rows, self.pq_slots, self.dim)
+        if self.pooled is not None:
+            out[:, self.pq_slots] = self.pooled.decode(np.ascontiguousarray(codes[:, self.pq_bytes :]))
+        return out
 
     def params(self) -> dict[str, Any]:
-        return {"m": self.m, "nbits": self.nbits}
+        return {"m": self.m, "nbits": self.nbits, "pooled_bits": self.pooled_bits, "seed": self.seed}
 
     def state(self) -> np.ndarray:
         import faiss
 
-        return faiss.vector_to_array(self.quantizer.centroids)
+        parts = [faiss.vector_to_array(self.quantizer.centroids)]
+        if self.pooled is not None:
+            parts.append(faiss.vector_to_array(self.pooled.trained))
+        return np.concatenate(parts)
 
 
-def make_codec(name: str, dim: int, *, params: dict[str, Any] | None = None, state: np.ndarray | None = None) -> Codec:
+def make_codec(name: str, slots: int, dim: int, *, params: dict[str, Any] | None = None,
+               state: np.ndarray | None = None) -> Codec:
     params = params or {}
     if name == "fp16":
-        return Fp16Codec(dim)
+        return Fp16Codec(slots, dim)
     if name == "int8":
-        return Int8Codec(dim, state=state)
+        return Int8Codec(slots, dim, state=state)
     if name == "pq":
-        return PQCodec(dim, m=params.get("m", 8), nbits=params.get("nbits", 8), state=state)
+        return PQCodec(slots, dim, m=params.get("m", 8), nbits=params.get("nbits", 8),
+                       pooled_bits=params.get("pooled_bits", 0), seed=params.get("seed", 1234), state=state)
     raise DiPairError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
 
 
@@ -165,11 +212,11 @@ def save_codec_state(codec: Codec, folder: Path) -> None:
         np.save(folder / CODEC_STATE, state, allow_pickle=False)  # written last: its presence means trained
 
 
-def load_codec(name: str, dim: int, params: dict[str, Any], folder: Path) -> Codec:
+def load_codec(name: str, slots: int, dim: int, params: dict[str, Any], folder: Path) -> Codec:
     path = folder / CODEC_STATE
     state = np.load(path, allow_pickle=False) if path.is_file() else None
     if (folder / CODEC_PARAMS).is_file():
         params = json.loads((folder / CODEC_PARAMS).read_text())
     if name != "fp16" and state is None:
         raise DiPairError(f"cache at {folder} uses codec {name} but has no {CODEC_STATE}")
-    return make_codec(name, dim, params=params, state=state)
+    return make_codec(name, slots, dim, params=params, state=state)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dipair_rerank.cache.codecs import load_codec
+from dipair_rerank.cache.codecs import bytes_per_row, load_codec
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
 from dipair_rerank.errors import DiPairError
@@ -69,9 +69,14 @@ class PrefixCache:
         except ValueError as exc:
             raise DiPairError(f"the docid lookup in {self.folder} is not a plain array ({exc}); rebuild the index"
                               ) from exc
-        self.codec = load_codec(self.meta.get("codec", "fp16"), self.dim, self.meta.get("codec_params", {}), self.folder)
-        self.bytes_per_doc: int = self.meta.get("bytes_per_doc", self.slots * self.dim * 2 + 2)
-        self._codes = np.empty((0, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)
+        self.codec = load_codec(self.meta.get("codec", "fp16"), self.slots, self.dim,
+                                self.meta.get("codec_params", {}), self.folder)
+        for shard, codes in zip(self.meta["shards"], self.vectors):
+            if codes.shape[1:] != self.codec.row_shape:
+                raise DiPairError(f"cache shard {shard['stem']} in {self.folder} holds codes of shape "
+                                  f"{codes.shape[1:]}, its codec expects {self.codec.row_shape}; rebuild the index")
+        self.bytes_per_doc: int = bytes_per_row(self.codec) + 2  # + the uint16 prefix length
+        self._codes = np.empty((0, *self.codec.row_shape), dtype=self.codec.code_dtype)
         self._lengths = np.empty(0, dtype=np.uint16)
 
     def __len__(self) -> int:
@@ -93,7 +98,7 @@ class PrefixCache:
         """
         k = len(rows)
         if k > len(self._codes):
-            self._codes = np.empty((k, self.slots, self.codec.code_size), dtype=self.codec.code_dtype)
+            self._codes = np.empty((k, *self.codec.row_shape), dtype=self.codec.code_dtype)
             self._lengths = np.empty(k, dtype=np.uint16)
         codes, lengths = self._codes[:k], self._lengths[:k]
         if len(self.vectors) == 1:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dipair_rerank.cache.codecs import CODEC_STATE, Codec, load_codec, make_codec, save_codec_state
+from dipair_rerank.cache.codecs import CODEC_STATE, Codec, bytes_per_row, load_codec, make_codec, save_codec_state
 from dipair_rerank.cache.docids import ROWS_NAME, SORTED_NAME, write_docid_lookup
 
 CACHE_CONFIG = "cache.json"
@@ -74,8 +74,10 @@ class CacheWriter:
         self.folder = Path(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         trained = self.codec_name == "fp16" or (self.folder / CODEC_STATE).is_file()
-        self.codec: Codec = (load_codec(self.codec_name, self.dim, self.codec_params, self.folder) if trained
-                             else make_codec(self.codec_name, self.dim, params=self.codec_params))
+        if trained:
+            self.codec: Codec = load_codec(self.codec_name, self.slots, self.dim, self.codec_params, self.folder)
+        else:
+            self.codec = make_codec(self.codec_name, self.slots, self.dim, params=self.codec_params)
         self.codec_trained = trained
 
     def train_codec(self, vectors: np.ndarray) -> None:
@@ -134,8 +136,8 @@ class CacheWriter:
                 "model_config": self.model_config,
                 "codec": self.codec.name,
                 "codec_params": self.codec.params(),
-                "code_size": self.codec.code_size,
-                "bytes_per_doc": self.slots * self.codec.code_size * self.codec.code_dtype.itemsize + 2,
+                "row_shape": list(self.codec.row_shape),
+                "bytes_per_doc": bytes_per_row(self.codec) + 2,  # + the uint16 prefix length
                 "num_docs": len(docids),
                 "slots": self.slots,
                 "dim": self.dim,

@@ -25,10 +25,13 @@ class ShardEncoder:
 
     def __init__(self, model_dir: str, corpus: str, staging: str, spans: list[tuple[int, int, int]],
                  options: dict[str, Any]):
+        import os
+
         import torch
 
         from dipair_rerank.indexer import IndexOptions, cache_writer
 
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer's own thread pool would take the other cores
         self.options = IndexOptions(**{**options, "progress": False})
         torch.set_num_threads(self.options.threads)
         self.model = DiPairModel.from_pretrained(model_dir)
@@ -66,12 +69,15 @@ def build_cache_with_ray(model: DiPairModel, corpus: Path, staging: Path, spans,
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = options.progress
             context.print_on_execution_start = False
-            dataset = ray.data.from_items([{"shard": shard} for shard in todo])
+            dataset = ray.data.from_items([{"shard": shard} for shard in todo], override_num_blocks=len(todo))
             encoded = dataset.map_batches(
                 ShardEncoder,
                 fn_constructor_kwargs={"model_dir": model_dir, "corpus": str(corpus), "staging": str(staging),
                                        "spans": spans, "options": asdict(options)},
-                batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers), num_cpus=options.threads,
+                batch_size=1, num_cpus=options.threads,
+                # one shard per task and one task at a time per actor: an idle actor takes the next shard, so
+                # actors finish together instead of one queueing shards while another starves
+                compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
             )
             written = sorted(int(row["shard"]) for row in encoded.take_all())
         logger.info("ray wrote %d shards", len(written))
