@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dipair_rerank.cache.codecs import make_codec
 from dipair_rerank.cache.writer import CacheWriter, write_json_atomic
 from dipair_rerank.data.corpus import corpus_fingerprint, read_corpus
 from dipair_rerank.encoding import encode_documents
@@ -279,6 +280,9 @@ def build_index(
     model = model if isinstance(model, DiPairModel) else load_model(model)
     model.eval()
     fingerprint = model.fingerprint()
+    codec_params = options.codec_params(model)
+    # bad codec options (e.g. --pq-m not dividing d_p) fail here, before anything is written
+    make_codec(options.codec, model.config.doc_slots, model.config.proj_dim, params=codec_params)
     staging = _staging_dir(index_dir)
     state = {
         "corpus": str(corpus),
@@ -287,7 +291,7 @@ def build_index(
         "dense": options.dense,
         "shard_rows": options.shard_rows,
         "codec": options.codec,
-        "codec_params": options.codec_params(model),
+        "codec_params": codec_params,
     }
     state_path = staging / BUILD_STATE
     if staging.exists() and (not state_path.is_file() or json.loads(state_path.read_text()) != state):
