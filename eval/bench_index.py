@@ -28,8 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from dipair_rerank.cache.codecs import CODECS
 from dipair_rerank.data import read_corpus, shared_data_dir
 from dipair_rerank.evaluate.report import format_table
+from dipair_rerank.indexer import IndexOptions
 
 
 def bare_forward(model, texts: list[str], batch_size: int, max_length: int) -> float:
@@ -62,7 +64,7 @@ def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_
     import ray
 
     from dipair_rerank.engines.ray_engine import build_cache_with_ray
-    from dipair_rerank.indexer import IndexOptions, _build_cache, shard_spans
+    from dipair_rerank.indexer import _build_cache, shard_spans
 
     corpus = scratch / "engine-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "contents": t}) + "\n" for i, t in enumerate(texts)))
@@ -88,14 +90,12 @@ def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_
     return rows
 
 
-CODECS = {"fp16": {}, "int8": {}, "pq": {"m": 8, "pooled_bits": 6}}  # pq as `index --codec pq` builds it
-
-
-def synth_cache(folder: Path, rows: int, slots: int, dim: int, codec: str = "fp16", shard_rows: int = 65536) -> None:
+def synth_cache(folder: Path, rows: int, slots: int, dim: int, codec: str = "fp16", codec_params: dict | None = None,
+                shard_rows: int = 65536) -> None:
     from dipair_rerank.cache import CacheWriter
 
     writer = CacheWriter(folder, model_fingerprint="synthetic", model_config={}, slots=slots, dim=dim,
-                         shard_rows=shard_rows, codec_name=codec, codec_params=CODECS[codec])
+                         shard_rows=shard_rows, codec_name=codec, codec_params=codec_params or {})
     block = np.random.default_rng(0).standard_normal((shard_rows, slots, dim)).astype(np.float16)
     for shard, start in enumerate(range(0, rows, shard_rows)):
         count = min(shard_rows, rows - start)
@@ -163,7 +163,8 @@ def main() -> None:
         memory = []
         for count, codec in ((args.small_rows, "fp16"), *((args.big_rows, codec) for codec in CODECS)):
             folder = Path(scratch) / f"synthetic-{count}-{codec}"
-            synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim, codec)
+            params = IndexOptions(codec=codec).codec_params(model)  # as `index --codec CODEC` builds it
+            synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim, codec, params)
             size_gb = sum(p.stat().st_size for p in folder.iterdir()) / 1e9
             memory.append({"cached docs": count, "codec": codec, "cache GB": size_gb, **probe(folder, args.queries)})
             if count == args.big_rows:  # 4.4 GB in fp16: free the disk before the next codec
