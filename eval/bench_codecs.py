@@ -19,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from dipair_rerank.data import read_qrels, read_run, read_topics, shared_data_dir
+from dipair_rerank.data import shared_data_dir
 from dipair_rerank.evaluate import evaluate
 from dipair_rerank.evaluate.report import format_table
-from effectiveness import COLLECTIONS
+from effectiveness import COLLECTIONS, bm25_top100
 
 # pqM-pB: M bytes per prefix vector, the pooled vector at B bits per value ("pq8-p6" is what --codec pq builds);
 # "-all": the pooled vector product-quantised like the rest; "-sN": another k-means seed, to show the spread.
@@ -68,10 +68,8 @@ def main() -> None:
         for name, spec in COLLECTIONS.items():
             layout = IndexLayout(spec["index"])
             base = DiPairReranker.from_index(layout.root, threads=args.threads, query_backend="torch")
-            topics = read_topics(data / spec["dir"] / spec["topics"])
-            qrels = read_qrels(data / spec["dir"] / spec["qrels"])
-            run = read_run(data / spec["dir"] / "runs" / "bm25.top100.trec")
-            qids = [q for q in topics if q in run]
+            topics, qrels, run = bm25_top100(spec, data)
+            qids = list(run)
             encoded = base.encode_queries([topics[q] for q in qids])
             reference = None
             for label in args.codecs:
@@ -79,7 +77,7 @@ def main() -> None:
                 cache = PrefixCache(layout.cache) if codec == "fp16" else transcode(
                     layout.cache, Path(scratch) / f"{spec['dir']}-{label}", codec, params)
                 reranker = DiPairReranker(base.model, cache, query_backend="torch")
-                ranked = reranker.rerank_encoded(encoded, [run[q][:100] for q in qids])
+                ranked = reranker.rerank_encoded(encoded, [run[q] for q in qids])
                 result = {q: [(h.docid, h.score) for h in hits] for q, hits in zip(qids, ranked)}
                 ndcg = next(v.value for v in evaluate(qrels, result, "nDCG@10"))
                 reference = ndcg if reference is None else reference

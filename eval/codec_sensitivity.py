@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from dipair_rerank.cache.codecs import make_codec, scalar_quantizer
-from dipair_rerank.data import read_qrels, read_run, read_topics, shared_data_dir
+from dipair_rerank.data import shared_data_dir
 from dipair_rerank.evaluate import evaluate
 from dipair_rerank.evaluate.report import format_table
-from effectiveness import COLLECTIONS
+from effectiveness import COLLECTIONS, bm25_top100
 
 # (label, slots quantised, codec, params): "prefix" = the n prefix vectors, "pooled" = the pooled vector
 VARIANTS = [("prefix pq2", "prefix", "pq", {"m": 2}), ("prefix pq4", "prefix", "pq", {"m": 4}),
@@ -41,12 +41,10 @@ class Candidates:
 
         reranker = DiPairReranker.from_index(spec["index"], threads=threads, query_backend="torch")
         self.model = reranker.model
-        topics = read_topics(data / spec["dir"] / spec["topics"])
-        self.qrels = read_qrels(data / spec["dir"] / spec["qrels"])
-        run = read_run(data / spec["dir"] / "runs" / "bm25.top100.trec")
-        self.qids = [q for q in topics if q in run]
+        topics, self.qrels, run = bm25_top100(spec, data)
+        self.qids = list(run)
         self.queries = reranker.encode_queries([topics[q] for q in self.qids])
-        self.docids = [[d for d, _ in run[q][:100]] for q in self.qids]
+        self.docids = [[d for d, _ in run[q]] for q in self.qids]
         unique = list(dict.fromkeys(d for docids in self.docids for d in docids))
         blocks, lengths = reranker.cache.gather(reranker.cache.rows(unique))
         self.blocks, self.lengths = np.asarray(blocks, dtype=np.float32).copy(), lengths.copy()

@@ -39,6 +39,14 @@ COLLECTIONS = {
 }
 
 
+def bm25_top100(spec: dict, data: Path) -> tuple[dict[str, str], dict[str, dict[str, int]], Run]:
+    """A collection's topics, qrels and its shared BM25 top-100 run (queries that have a topic)."""
+    folder = data / spec["dir"]
+    topics, qrels = read_topics(folder / spec["topics"]), read_qrels(folder / spec["qrels"])
+    cands = {q: h[:100] for q, h in read_run(folder / "runs/bm25.top100.trec").items() if q in topics}
+    return topics, qrels, cands
+
+
 def _measures(qrels, run: Run, measures: str) -> dict[str, float]:
     from dipair_rerank.evaluate import evaluate
 
@@ -128,9 +136,7 @@ def main() -> None:
     for name in args.collections:
         spec = COLLECTIONS[name]
         folder = data / spec["dir"]
-        topics = read_topics(folder / spec["topics"])
-        qrels = read_qrels(folder / spec["qrels"])
-        cands = {q: h[:100] for q, h in read_run(folder / "runs/bm25.top100.trec").items() if q in topics}
+        topics, qrels, cands = bm25_top100(spec, data)
         wanted = {d for hits in cands.values() for d, _ in hits}
         texts = {doc.docid: doc.text for doc in read_corpus(folder / "corpus.jsonl") if doc.docid in wanted}
         rows = []

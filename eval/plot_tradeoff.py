@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from bench_latency import _cross_encoder, _time_cross_encoder
-from dipair_rerank.data import read_qrels, read_run, read_topics, shared_data_dir
+from dipair_rerank.data import read_run, shared_data_dir
 from dipair_rerank.data.corpus import read_corpus
 from dipair_rerank.evaluate import evaluate
 from dipair_rerank.evaluate.plot import Point, plot_quality_latency
-from effectiveness import COLLECTIONS
+from effectiveness import COLLECTIONS, bm25_top100
 
 DEPTHS = (10, 20, 50, 100)
 
@@ -64,8 +64,7 @@ def main() -> None:
     summary = {}
     for axes, (name, spec) in zip(panels, COLLECTIONS.items()):
         folder = data / spec["dir"]
-        topics, qrels = read_topics(folder / spec["topics"]), read_qrels(folder / spec["qrels"])
-        cands = {q: h[:100] for q, h in read_run(folder / "runs/bm25.top100.trec").items() if q in topics}
+        topics, qrels, cands = bm25_top100(spec, data)
         quality = lambda run: next(v.value for v in evaluate(qrels, run, "nDCG@10"))  # noqa: E731
         bm25 = BM25FirstStage(Path(spec["index"]) / "lucene")
         bm25_ms = []
