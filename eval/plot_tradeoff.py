@@ -1,5 +1,6 @@
-"""Quality against latency (issue 4): nDCG@10 vs per-query latency on DL19 and SciFact for BM25 alone,
-BM25 + DiPair and BM25 + a cross-encoder, re-ranking depths 10, 20, 50, 100; writes eval/quality_latency.png.
+"""Quality against latency (issues 4, 10): nDCG@10 vs per-query latency on DL19 and SciFact for BM25 alone,
+BM25 + DiPair and BM25 + a cross-encoder, re-ranking depths 10, 20, 50, 100, with the bi-encoder and the
+teacher as points (from eval/effectiveness.py's table); writes eval/quality_latency.png.
 
 Latency = BM25 p50 (measured on the index) + re-rank p50 at that depth (measured here, 2 threads). DiPair
 quality comes from re-ranking here; cross-encoder quality from the scores in ``--ce-runs`` (the cross-encoder
@@ -42,12 +43,25 @@ def reorder(cands, scores: dict[str, dict[str, float]], depth: int):
     return run
 
 
+def _table_points(table: Path, collection: str, base_ms: float) -> list[Point]:
+    """The bi-encoder and the teacher as single points (re-ranking all 100), from the effectiveness table."""
+    if not table.is_file():
+        return []
+    rows = json.loads(table.read_text()).get(collection, [])
+    wanted = {"all-MiniLM-L6-v2": "bi-encoder (MiniLM)", "teacher": "teacher (fusion)"}
+    return [Point(label, "@100", base_ms + row["rerank_p50_ms"], row["nDCG@10"])
+            for row in rows for prefix, label in wanted.items()
+            if row["row"].startswith(prefix) and row["rerank_p50_ms"] is not None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ce-runs", default="eval/work/effectiveness")
     parser.add_argument("--ce-queries", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="eval/quality_latency.png")
+    parser.add_argument("--table", default="eval/work/effectiveness/table.json",
+                        help="eval/effectiveness.py's output: the bi-encoder and teacher points (@100)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import matplotlib
@@ -92,6 +106,7 @@ def main() -> None:
                                              256, 32) for q in list(cands)[: args.ce_queries]]
                 points.append(Point("BM25 + cross-encoder", f"@{depth}", base_ms + float(np.median(times)),
                                     quality(reorder(cands, ce_scores, depth))))
+        points += _table_points(Path(args.table), name, base_ms)
         plot_quality_latency(points, args.out, title=f"{name}: BM25 top-k re-ranked", axes=axes)
         summary[name] = [p._asdict() for p in points]
     plt.tight_layout()

@@ -97,3 +97,22 @@ def test_reranks_real_pyserini_hits(tiny_index):
     hits = LuceneSearcher(str((tiny_index / "lucene").resolve())).search("quantum qubit", k=5)
     ranked = DiPairReranker.from_index(tiny_index).rerank("quantum qubit", hits)
     assert sorted(h.docid for h in ranked) == sorted(h.docid for h in hits) and len(ranked) >= 2
+
+
+def test_small_head_calls_run_on_one_thread_and_restore_the_setting(tiny_index, monkeypatch):
+    import dipair_rerank.rerank as rerank_module
+
+    reranker = DiPairReranker.from_index(tiny_index, threads=2, query_backend="torch")
+    seen = []
+    original = reranker.model.score_prefixes
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reranker.model, "score_prefixes", spy)
+    docids = [d for d, _ in TINY_DOCS]
+    reranker.rerank("quantum qubits", docids)
+    monkeypatch.setattr(rerank_module, "SMALL_HEAD_CALL", 4)  # now a large call: every thread
+    reranker.rerank("quantum qubits", docids)
+    assert seen == [1, 2] and torch.get_num_threads() == 2

@@ -27,6 +27,9 @@ class DiPairConfig:
     Attributes:
         encoder: HF id or path of the encoder (both towers start from it).
         shared_encoder: one encoder for query and document, or two towers.
+        query_tuned_layers: L > 0 gives the query its own tower whose top L layers are trained apart from the
+            document tower (issue 10). The document tower, and so every cache, stays ``encoder`` as published;
+            a saved model stores only these L layers (a small delta) and reads the rest from ``encoder``.
         encoder_config: when set, build the encoder from this HF config dict with random weights (tests).
         query_prefix: m, output vectors kept from the query.
         doc_prefix: n, output vectors kept from the document (these are cached).
@@ -41,6 +44,7 @@ class DiPairConfig:
 
     encoder: str = DEFAULT_ENCODER
     shared_encoder: bool = True
+    query_tuned_layers: int = 0
     encoder_config: dict[str, Any] | None = None
     query_prefix: int = 8
     doc_prefix: int = 16
@@ -54,6 +58,11 @@ class DiPairConfig:
     query_max_length: int = 32
     doc_max_length: int = 256
     seed: int = 0
+
+    @property
+    def towers(self) -> int:
+        """Encoders the model holds: one shared, or a query tower and a document tower."""
+        return 1 if self.shared_encoder and self.query_tuned_layers == 0 else 2
 
     @property
     def query_slots(self) -> int:

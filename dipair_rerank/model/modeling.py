@@ -105,7 +105,7 @@ class DiPairModel(nn.Module):
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed)  # random parts (head; encoders built from a config) are reproducible
         try:
-            towers = 1 if config.shared_encoder else 2
+            towers = config.towers
             self.encoders = nn.ModuleList(
                 _build_encoder(
                     config,
@@ -264,20 +264,48 @@ class DiPairModel(nn.Module):
         """Everything but the encoders: what stage 1 of training updates."""
         return [p for name, p in self.named_parameters() if not name.startswith(ENCODER_PREFIX)]
 
+    def tuned_layer_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the query tower's separately trained top layers (``query_tuned_layers``)."""
+        count = self.config.query_tuned_layers
+        if count <= 0:
+            return ()
+        total = len(self.query_encoder.encoder.layer)
+        if count > total:
+            raise DiPairError(f"query_tuned_layers={count} but the encoder has {total} layers")
+        return tuple(f"{ENCODER_PREFIX}0.encoder.layer.{i}." for i in range(total - count, total))
+
+    def tuned_encoder_parameters(self) -> list[nn.Parameter]:
+        """The query tower's top ``query_tuned_layers`` layers: trained beside the head, saved as a delta."""
+        prefixes = self.tuned_layer_prefixes()
+        return [p for name, p in self.named_parameters() if prefixes and name.startswith(prefixes)]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What training changes (head, projections, tuned query layers): what checkpoints and a shipped model hold."""
+        prefixes = self.tuned_layer_prefixes()
+        return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()
+                if not name.startswith(ENCODER_PREFIX) or (prefixes and name.startswith(prefixes))}
+
     def save_pretrained(self, path: str | Path, *, save_encoder: bool = True) -> Path:
-        """Write config JSON, tokenizer and safetensors weights. ``save_encoder=False`` stores only the head and
-        projections (the encoder is re-read from ``config.encoder``): small enough to ship."""
+        """Write config JSON, tokenizer and safetensors weights. ``save_encoder=False`` stores only the head,
+        projections and tuned query layers (the rest of the encoder is re-read from ``config.encoder``): small
+        enough to ship. The tuned layers are stored in fp16 (half the delta) and the model is rounded to match,
+        so the saved and the in-memory model are the same model."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.config.save(path / CONFIG_NAME)
         self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
-        state = {
-            name: tensor.detach().contiguous().cpu()
-            for name, tensor in self.state_dict().items()
-            if save_encoder or not name.startswith(ENCODER_PREFIX)
-        }
+        if save_encoder:
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        else:
+            with torch.no_grad():
+                for param in self.tuned_encoder_parameters():
+                    param.copy_(param.to(torch.float16).to(param.dtype))
+            self._fingerprint = None
+            delta = self.tuned_layer_prefixes()
+            state = {name: (tensor.to(torch.float16) if delta and name.startswith(delta) else tensor).contiguous()
+                     for name, tensor in self.trainable_state().items()}
         if save_encoder:
             for index, encoder in enumerate(self.encoders):
                 encoder.config.save_pretrained(path / f"encoder_{index}")
@@ -295,7 +323,7 @@ class DiPairModel(nn.Module):
             raise DiPairError(f"{path} is not a DiPair model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         config = DiPairConfig.load(path / CONFIG_NAME)
         with safe_open(str(path / WEIGHTS_NAME), framework="pt") as handle:
-            has_encoder = any(key.startswith(ENCODER_PREFIX) for key in handle.keys())
+            has_encoder = any(key.startswith(ENCODER_PREFIX) and ".embeddings." in key for key in handle.keys())
         tokenizer = path / TOKENIZER_DIR
         model = cls(
             config,
@@ -303,9 +331,11 @@ class DiPairModel(nn.Module):
             tokenizer_path=str(tokenizer) if tokenizer.is_dir() else None,
             stored_encoders=path if has_encoder else None,
         )
-        state = load_file(str(path / WEIGHTS_NAME))
+        state = load_file(str(path / WEIGHTS_NAME))  # fp16 tuned layers are cast by load_state_dict
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [name for name in missing if has_encoder or not name.startswith(ENCODER_PREFIX)]
+        delta = model.tuned_layer_prefixes()
+        missing = [name for name in missing
+                   if has_encoder or not name.startswith(ENCODER_PREFIX) or (delta and name.startswith(delta))]
         if missing or unexpected:
             raise DiPairError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         model.eval()

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model.modeling import DiPairModel
 from dipair_rerank.train.distill import Example
+from dipair_rerank.model.modeling import _masked_mean
 from dipair_rerank.train.features import FeatureStore, project_features
 from dipair_rerank.train.losses import LOSSES, combined_loss
 
@@ -46,11 +47,14 @@ class CachedStage1Config:
     Attributes:
         epochs: maximum epochs (early stopping usually ends sooner).
         lr: AdamW learning rate (stage 1 can take a large one: the encoders are frozen).
+        encoder_lr: learning rate of the query tower's tuned top layers (``query_tuned_layers``): small, as in
+            stage 2, so the pretrained layers move without being damaged by a random head's early gradients.
         queries_per_step: queries per optimiser step (all their candidates in one head call).
         sample_candidates: candidates per query per step (a random subset of its list, the teacher's best
             always included); ``None`` keeps them all. Cuts the cost per epoch when lists are long.
         loss / temperature / label_weight: see ``losses.combined_loss``.
-        val_fraction: share of each set's queries held out for validation (seeded).
+        val_fraction: share of each set's queries held out for validation (seeded); one value, or one per set
+            (1.0 holds a whole set out, e.g. the only MS MARCO set with qrels).
         patience: epochs without a better validation nDCG@10 before stopping.
         warmup_steps: linear learning-rate warm-up.
         weight_decay / max_grad_norm: AdamW decay, gradient clipping.
@@ -66,12 +70,13 @@ class CachedStage1Config:
 
     epochs: int = 20
     lr: float = 1e-3
+    encoder_lr: float = 5e-5
     queries_per_step: int = 32
     sample_candidates: int | None = None
     loss: str = "kl"
     temperature: float = 1.0
     label_weight: float = 0.0
-    val_fraction: float = 0.1
+    val_fraction: float | list[float] = 0.1
     patience: int = 3
     warmup_steps: int = 50
     weight_decay: float = 0.01
@@ -85,15 +90,17 @@ class CachedStage1Config:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise DiPairError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DiPairError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        fractions = self.val_fraction if isinstance(self.val_fraction, list) else [self.val_fraction]
+        if not all(0.0 <= f <= 1.0 for f in fractions):
+            raise DiPairError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
         if self.epochs < 0 or self.queries_per_step < 1 or self.patience < 1:
             raise DiPairError("epochs >= 0, queries_per_step >= 1 and patience >= 1 are required")
 
 
-def split_validation(examples: Sequence[Example], fraction: float, seed: int,
+def split_validation(examples: Sequence[Example], fraction: float | Mapping[str, float], seed: int,
                      group: Mapping[str, str] | None = None) -> tuple[list[Example], list[Example]]:
-    """(train, validation): ``fraction`` of the queries of every group (set) held out, seeded."""
+    """(train, validation): ``fraction`` of the queries of every group (set) held out, seeded; a mapping gives
+    each group its own fraction."""
     by_group: dict[str, list[Example]] = {}
     for example in examples:
         by_group.setdefault((group or {}).get(example.qid, ""), []).append(example)
@@ -102,7 +109,8 @@ def split_validation(examples: Sequence[Example], fraction: float, seed: int,
     for name in sorted(by_group):
         items = sorted(by_group[name], key=lambda e: e.qid)
         random.Random(f"{seed}:{name}").shuffle(items)
-        cut = int(round(len(items) * fraction))
+        share = fraction.get(name, 0.0) if isinstance(fraction, Mapping) else fraction
+        cut = int(round(len(items) * share))
         val.extend(items[:cut])
         train.extend(items[cut:])
     return train, val
@@ -163,15 +171,43 @@ def _sample(packed: _Packed, index: np.ndarray, size: int | None, rng: np.random
     return take(rows), take(teacher), take(rel), take(mask)
 
 
+def run_top_layers(encoder: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Encoder layers ``start`` .. last over stored hidden states (the rest of a BERT-style forward pass)."""
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    for layer in encoder.encoder.layer[start:]:
+        out = layer(hidden, attention_mask=additive)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected query blocks from stored features: outputs (frozen towers), or the input of the tuned top
+    layers, which then run here with gradients (``query_tuned_layers``)."""
+    prefix = torch.from_numpy(queries.prefix[q_rows]).to(device)
+    mask = torch.from_numpy(queries.mask[q_rows]).to(device)
+    layer = queries.meta.get("layer")
+    if layer is None:
+        pooled = torch.from_numpy(queries.pooled[q_rows]).to(device)
+        return project_features(model, "query", prefix, mask, pooled, model.config.query_prefix)
+    width = max(int(mask.sum(1).max()), model.config.query_prefix)  # stored padded to max_length: trim
+    prefix, mask = prefix[:, :width], mask[:, :width]
+    hidden = run_top_layers(model.query_encoder, prefix.float(), mask, int(layer))
+    return project_features(model, "query", hidden, mask, _masked_mean(hidden, mask), model.config.query_prefix)
+
+
+def query_feature_layer(model: DiPairModel) -> int | None:
+    """Which hidden states the query features must hold: None (outputs) or the first tuned layer's input."""
+    tuned = model.config.query_tuned_layers
+    return len(model.query_encoder.encoder.layer) - tuned if tuned > 0 else None
+
+
 def cached_scores(model: DiPairModel, queries: FeatureStore, docs: FeatureStore, q_rows: np.ndarray,
                   d_rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """Student scores [Q, K] for queries ``q_rows`` [Q] against candidates ``d_rows`` [Q, K] (feature rows)."""
     config = model.config
     count, width = d_rows.shape
-    q_vec, q_mask = project_features(
-        model, "query", torch.from_numpy(queries.prefix[q_rows]).to(device),
-        torch.from_numpy(queries.mask[q_rows]).to(device), torch.from_numpy(queries.pooled[q_rows]).to(device),
-        config.query_prefix)
+    q_vec, q_mask = query_vectors(model, queries, q_rows, device)
     flat = d_rows.reshape(-1)
     d_vec, d_mask = project_features(
         model, "doc", torch.from_numpy(docs.prefix[flat]).to(device), torch.from_numpy(docs.mask[flat]).to(device),
@@ -256,7 +292,7 @@ def calibrate_similarity_scale(model: DiPairModel, packed: _Packed, queries: Fea
 
 
 def _head_state(model: DiPairModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("encoders.")}
+    return model.trainable_state()
 
 
 def train_stage1_cached(
@@ -278,25 +314,33 @@ def train_stage1_cached(
     if queries.keep < model.config.query_prefix or docs.keep < model.config.doc_prefix:
         raise DiPairError(f"features keep {queries.keep}/{docs.keep} vectors; the model needs "
                           f"{model.config.query_prefix}/{model.config.doc_prefix}")
+    if queries.meta.get("layer") != query_feature_layer(model):
+        raise DiPairError(f"query features hold layer {queries.meta.get('layer')} states; this model needs "
+                          f"{query_feature_layer(model)} (query_tuned_layers={model.config.query_tuned_layers})")
     device = torch.device(config.device)
     model.to(device)
     for param in model.encoders.parameters():
         param.requires_grad_(False)
-    params = model.head_parameters()
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    tuned = model.tuned_encoder_parameters()
+    for param in tuned:
+        param.requires_grad_(True)
+    head = model.head_parameters()
+    params = head + tuned
+    groups = [{"params": [p for p in head if p.ndim >= 2], "weight_decay": config.weight_decay, "base": config.lr},
+              {"params": [p for p in head if p.ndim < 2], "weight_decay": 0.0, "base": config.lr}]
+    if tuned:
+        groups.append({"params": tuned, "weight_decay": config.weight_decay, "base": config.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     train_packed = pack(train, queries, docs, doc_text, group)
     val_packed = pack(val, queries, docs, doc_text, group) if val else None
     steps_per_epoch = math.ceil(len(train_packed) / config.queries_per_step)
     total_steps = max(1, steps_per_epoch * config.epochs)
 
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay
         if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
+            return (step + 1) / config.warmup_steps
         progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     output = Path(output) if output is not None else None
     history: list[dict[str, Any]] = []
@@ -338,8 +382,8 @@ def train_stage1_cached(
             for begin in range(0, len(order), config.queries_per_step):
                 idx = order[begin : begin + config.queries_per_step]
                 rows, teacher, rel, mask = _sample(train_packed, idx, config.sample_candidates, rng)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = param_group["base"] * lr_factor(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
                     scores = cached_scores(model, queries, docs, train_packed.q_rows[idx], rows, device)
                 mask_t = torch.from_numpy(mask).to(device)

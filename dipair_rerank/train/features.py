@@ -109,6 +109,7 @@ def extract_features(
     side: str,
     keep: int,
     max_length: int | None = None,
+    layer: int | None = None,
     batch_size: int = 64,
     chunk_size: int = 2048,
     progress: bool = True,
@@ -122,6 +123,8 @@ def extract_features(
         side: "query" or "doc".
         keep: output vectors kept per text (the largest m or n to be trained).
         max_length: tokens read (default: the model config's for that side).
+        layer: store the hidden states entering encoder layer ``layer`` (0 = the embeddings) instead of the
+            outputs: the input of the layers trained above it (``query_tuned_layers``); use keep = max_length.
     """
     if side not in ("query", "doc"):
         raise DiPairError(f"side must be 'query' or 'doc', got {side!r}")
@@ -130,6 +133,8 @@ def extract_features(
     max_length = max_length or (model.config.query_max_length if side == "query" else model.config.doc_max_length)
     meta = {"encoder": encoder_identity(model, side), "side": side, "max_length": max_length, "keep": keep,
             "hidden": model.hidden_size}
+    if layer is not None:
+        meta["layer"] = layer
     meta_path = folder / META_NAME
     if meta_path.is_file():
         stored = json.loads(meta_path.read_text())
@@ -158,7 +163,9 @@ def extract_features(
                 batch_keys = part[batch_start : batch_start + batch_size]
                 batch = model.tokenize([todo_texts[k] for k in batch_keys], max_length=max_length)
                 attention = batch["attention_mask"]
-                hidden = encoder(input_ids=batch["input_ids"], attention_mask=attention).last_hidden_state
+                outputs = encoder(input_ids=batch["input_ids"], attention_mask=attention,
+                                  output_hidden_states=layer is not None)
+                hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]
                 prefix, mask = hidden[:, :keep].float(), attention[:, :keep].bool()
                 if prefix.shape[1] < keep:
                     pad = keep - prefix.shape[1]

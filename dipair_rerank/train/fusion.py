@@ -10,6 +10,8 @@ Scorer specs (comma-separated ``NAME=WEIGHT``):
     biencoder:PATH     the same with another SentenceTransformer id/path
     first_stage        the candidate run's own score (e.g. BM25)
     ce:PATH            a CrossEncoder id/path (raw logits, cached by ``teacher.score_candidates``)
+    splade             SPLADE dot product with the fetched splade-tiny (``dipair-rerank fetch-teachers``)
+    splade:PATH        the same with another SPLADE (BERT MLM) id/path
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ logger = logging.getLogger(__name__)
 BIENCODER = "biencoder"
 FIRST_STAGE = "first_stage"
 CROSS_ENCODER_PREFIX = "ce:"
+SPLADE = "splade"
 PACKAGED_BIENCODER = "packaged:all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    """One fused scorer: ``kind`` (biencoder, first_stage, ce), its model (if any) and weight."""
+    """One fused scorer: ``kind`` (biencoder, first_stage, ce, splade), its model (if any) and weight."""
 
     name: str
     kind: str
@@ -66,8 +69,10 @@ def parse_scorers(spec: str) -> list[ScorerSpec]:
             scorers.append(ScorerSpec(name, BIENCODER, model, weight))
         elif name.startswith(CROSS_ENCODER_PREFIX) and len(name) > len(CROSS_ENCODER_PREFIX):
             scorers.append(ScorerSpec(name, "ce", name[len(CROSS_ENCODER_PREFIX) :], weight))
+        elif name == SPLADE or name.startswith(SPLADE + ":"):
+            scorers.append(ScorerSpec(name, SPLADE, name[len(SPLADE) + 1 :] or None, weight))
         else:
-            raise DiPairError(f"unknown scorer {name!r} (use biencoder[:PATH], first_stage or ce:PATH)")
+            raise DiPairError(f"unknown scorer {name!r} (use biencoder[:PATH], first_stage, ce:PATH or splade[:PATH])")
     if not scorers:
         raise DiPairError("no scorers given (e.g. 'biencoder=0.8,first_stage=0.2')")
     if len({s.name for s in scorers}) != len(scorers):
@@ -274,6 +279,13 @@ def scorer_runs(
         elif scorer.kind == BIENCODER:
             runs.append(biencoder_scores(topics, candidates, doc_text, model=scorer.model or PACKAGED_BIENCODER,
                                          cache_dir=cache_dir, device=device, progress=progress))
+        elif scorer.kind == SPLADE:
+            from dipair_rerank.train.splade import splade_scores
+            from dipair_rerank.train.teacher_models import SPLADE_TINY, teacher_path
+
+            model = scorer.model or str(teacher_path(SPLADE_TINY.name))
+            runs.append(splade_scores(topics, candidates, doc_text, model=model, cache_dir=cache_dir,
+                                      device=device, progress=progress))
         else:
             runs.append(score_candidates(scorer.model or "", topics, candidates, doc_text,
                                          cache_dir=cache_dir or Path("."), device=device, progress=progress))

@@ -235,24 +235,32 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     import dataclasses
 
     from dipair_rerank.train import train_dipair
-    from dipair_rerank.train.cached import CachedStage1Config, split_validation, train_stage1_cached
+    from dipair_rerank.train.cached import (CachedStage1Config, query_feature_layer, split_validation,
+                                            train_stage1_cached)
     from dipair_rerank.train.distill import _replace_dir, _save_model_dir, _write_json, build_examples
     from dipair_rerank.train.features import extract_features
 
     output = config.output
     examples = build_examples(topics, candidates, teacher, texts, depth=config.depth, qrels=qrels or None)
-    train, val = split_validation(examples, args.val_fraction, args.seed, group)
+    fractions = list(args.val_fraction) if isinstance(args.val_fraction, (list, tuple)) else [args.val_fraction]
+    if len(fractions) not in (1, len(set(group.values())) or 1):
+        raise DiPairError(f"--val-fraction needs one value, or one per --topics, got {len(fractions)}")
+    split = fractions[0] if len(fractions) == 1 else {str(i): f for i, f in enumerate(fractions)}
+    train, val = split_validation(examples, split, args.seed, group)
     logger.info("cached stage 1: %d training queries, %d validation queries", len(train), len(val))
     features = Path(args.features) if args.features else output / "features"
     mc = model.config
     q_keep, d_keep = max(mc.query_prefix, args.feature_keep[0]), max(mc.doc_prefix, args.feature_keep[1])
-    queries = extract_features(model, [e.query for e in examples], features / f"query-L{mc.query_max_length}-k{q_keep}",
-                               side="query", keep=q_keep)
+    layer = query_feature_layer(model)  # tuned query layers: store their input, every token
+    q_name = f"query-L{mc.query_max_length}-k{q_keep}" if layer is None else f"query-L{mc.query_max_length}-in{layer}"
+    queries = extract_features(model, [e.query for e in examples], features / q_name, side="query",
+                               keep=q_keep if layer is None else mc.query_max_length, layer=layer)
     docs = extract_features(model, list(dict.fromkeys(texts[d] for e in examples for d in e.docids)),
                             features / f"doc-L{mc.doc_max_length}-k{d_keep}", side="doc", keep=d_keep)
-    stage1 = CachedStage1Config(epochs=args.stage1_epochs, lr=args.stage1_lr, queries_per_step=args.queries_per_step,
+    stage1 = CachedStage1Config(epochs=args.stage1_epochs, lr=args.stage1_lr, encoder_lr=args.encoder_lr,
+                                queries_per_step=args.queries_per_step,
                                 sample_candidates=args.sample_candidates, loss=args.loss,
-                                label_weight=args.label_weight, val_fraction=args.val_fraction,
+                                label_weight=args.label_weight, val_fraction=fractions if len(fractions) > 1 else fractions[0],
                                 patience=args.patience, bf16=args.bf16, seed=args.seed, device=args.device)
     summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output, group=group)
     _write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
@@ -264,6 +272,6 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
         return output / "model"
     final = output / "model"
     tmp = final.with_name(final.name + ".tmp")
-    model.save_pretrained(tmp, save_encoder=False)  # encoders untouched: ship head + projections only
+    model.save_pretrained(tmp, save_encoder=False)  # head + projections (+ tuned query layers as a delta)
     _replace_dir(tmp, final)
     return final

@@ -9,6 +9,19 @@ def test_shipped_model_is_small_and_the_default():
     assert (SHIPPED_DIR / "dipair_config.json").is_file()
     assert sum(p.stat().st_size for p in files) < 20 * 2**20
     model = load_model(None)
-    assert model.config.query_prefix == 8 and model.config.doc_prefix == 16 and model.config.proj_dim == 128
+    assert model.config.query_prefix == 8 and model.config.doc_prefix == 8 and model.config.proj_dim == 128
     assert float(model.score_out.weight.detach().abs().sum()) > 0  # trained, not the zero-initialised head
     assert float(model.similarity_scale.detach()) > 1.0  # calibrated to the teacher's score spread
+
+
+def test_shipped_query_tower_is_a_delta_over_the_packaged_encoder():
+    """The tuned query layers differ from the packaged MiniLM; everything else, the document tower included,
+    is the packaged MiniLM, so the shipped model needs no encoder weights of its own."""
+    import torch
+
+    model = load_model(None)
+    tuned = model.tuned_layer_prefixes()
+    assert model.config.query_tuned_layers == len(tuned) > 0
+    query, doc = model.query_encoder.state_dict(), model.doc_encoder.state_dict()
+    moved = [name for name in query if not torch.equal(query[name], doc[name])]
+    assert moved and all(f"encoders.0.{name}".startswith(tuned) for name in moved)

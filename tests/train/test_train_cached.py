@@ -106,3 +106,10 @@ def test_scale_calibration_lowers_the_initial_kl(tmp_path):
     with torch.no_grad():
         model.score_out.weight.fill_(0.1)  # a trained head is left alone
     assert calibrate_similarity_scale(model, packed, queries, docs, device) is None
+
+
+def test_validation_fraction_per_set():
+    examples = _examples()
+    group = {e.qid: ("0" if e.qid in ("q1", "q2") else "1") for e in examples}
+    train, val = split_validation(examples, {"0": 0.0, "1": 1.0}, 0, group)  # set 1 held out whole
+    assert {e.qid for e in val} == {"q3", "q4"} and {e.qid for e in train} == {"q1", "q2"}

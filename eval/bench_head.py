@@ -1,0 +1,73 @@
+"""Head latency over the model shapes the default is chosen from (issues 10 and 11), side by side in one run.
+
+For each shape (head layers x doc prefix n x width d_p; m = 8 and the pooled slots as shipped), one head call
+scoring ``--candidates`` cached blocks for one query, as ``DiPairReranker`` makes it (inference path, position 0
+only in the last layer), fp32 and bf16 autocast, at 1 and 2 torch threads. Random weights: only time matters
+here; quality per shape is in eval/RESULTS.md (ablation).
+
+    python eval/bench_head.py [--candidates 100] [--calls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from dipair_rerank.evaluate.report import format_table
+from dipair_rerank.model import DiPairConfig, DiPairModel, tiny_encoder_config
+
+
+def time_head(model: DiPairModel, candidates: int, calls: int, bf16: bool) -> float:
+    """p50 ms of one head call over ``candidates`` blocks."""
+    config = model.config
+    q = torch.randn(1, config.query_slots, config.proj_dim)
+    q_mask = torch.ones(1, config.query_slots, dtype=torch.bool)
+    d = torch.randn(candidates, config.doc_slots, config.proj_dim)
+    d_mask = torch.ones(candidates, config.doc_slots, dtype=torch.bool)
+    times = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(10):
+            model.score_prefixes(q, q_mask, d, d_mask)
+        for _ in range(calls):
+            start = time.perf_counter()
+            model.score_prefixes(q, q_mask, d, d_mask)
+            times.append((time.perf_counter() - start) * 1000)
+    return float(np.percentile(times, 50))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--json", default="eval/results/bench_head.json")
+    args = parser.parse_args()
+    rows = []
+    for layers, doc_prefix, width in itertools.product((1, 2), (8, 16), (96, 128)):
+        # the encoder is irrelevant to head timing: a tiny one keeps the set-up fast
+        model = DiPairModel(DiPairConfig(encoder_config=tiny_encoder_config(), head_layers=layers,
+                                         doc_prefix=doc_prefix, proj_dim=width)).eval()
+        row: dict[str, object] = {"head layers": layers, "n": doc_prefix, "d_p": width,
+                                  "bytes/doc (fp16)": (doc_prefix + 1) * width * 2}
+        for threads, bf16 in itertools.product((1, 2), (False, True)):
+            torch.set_num_threads(threads)
+            row[f"{'bf16' if bf16 else 'fp32'} {threads}t ms"] = time_head(model, args.candidates, args.calls, bf16)
+        rows.append(row)
+    columns = list(rows[0])
+    print(f"# bench_head  {time.strftime('%Y-%m-%d %H:%M')}  {args.candidates} candidates, m=8, p50 of "
+          f"{args.calls} calls")
+    print(format_table(rows, columns))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
