@@ -28,9 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.model.modeling import DiPairModel
+from dipair_rerank.model.modeling import DiPairModel, _masked_mean
 from dipair_rerank.train.distill import Example
-from dipair_rerank.model.modeling import _masked_mean
 from dipair_rerank.train.features import FeatureStore, project_features
 from dipair_rerank.train.losses import LOSSES, combined_loss
 
@@ -291,10 +290,6 @@ def calibrate_similarity_scale(model: DiPairModel, packed: _Packed, queries: Fea
     return best
 
 
-def _head_state(model: DiPairModel) -> dict[str, torch.Tensor]:
-    return model.trainable_state()
-
-
 def train_stage1_cached(
     model: DiPairModel,
     train: Sequence[Example],
@@ -344,7 +339,7 @@ def train_stage1_cached(
 
     output = Path(output) if output is not None else None
     history: list[dict[str, Any]] = []
-    start_epoch, step, best, best_epoch, best_state = 1, 0, -1.0, 0, _head_state(model)
+    start_epoch, step, best, best_epoch, best_state = 1, 0, -1.0, 0, model.trainable_state()
     if output is not None and (output / STATE_NAME).is_file():
         saved = torch.load(output / STATE_NAME, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"], strict=False)
@@ -356,7 +351,7 @@ def train_stage1_cached(
     teacher_val = teacher_validation(val_packed) if val_packed is not None else float("nan")
     if not history and config.calibrate_scale:
         calibrate_similarity_scale(model, train_packed, queries, docs, device, temperature=config.temperature)
-        best_state = _head_state(model)
+        best_state = model.trainable_state()
     if val_packed is not None and not history:
         start = validate(model, val_packed, queries, docs, device, bf16=config.bf16)
         best = start["val_ndcg10"]
@@ -407,17 +402,17 @@ def train_stage1_cached(
         if val_packed is not None:
             record.update(validate(model, val_packed, queries, docs, device, bf16=config.bf16))
             if record["val_ndcg10"] > best + 1e-6:
-                best, best_epoch, best_state, stale = record["val_ndcg10"], epoch, _head_state(model), 0
+                best, best_epoch, best_state, stale = record["val_ndcg10"], epoch, model.trainable_state(), 0
             else:
                 stale += 1
         else:
-            best, best_epoch, best_state = float("nan"), epoch, _head_state(model)
+            best, best_epoch, best_state = float("nan"), epoch, model.trainable_state()
         history.append(record)
         logger.info("stage 1 epoch %d: %s", epoch, record)
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)
             tmp = output / (STATE_NAME + ".tmp")
-            torch.save({"model": _head_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            torch.save({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                         "step": step, "best": best, "best_epoch": best_epoch, "best_state": best_state,
                         "history": json.dumps(history)}, tmp)
             tmp.replace(output / STATE_NAME)
