@@ -86,8 +86,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="queries per encoder/head call (default 1)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads and Lucene batch threads")
     p.add_argument("--tag", default="dipair", help="run tag (last column)")
-    p.add_argument("--query-backend", choices=("auto", "onnx", "torch"), default="auto",
-                   help="query encoder runtime (default auto: ONNX Runtime when installed, ~3x faster per query)")
+    p.add_argument("--query-backend", choices=("auto", "onnx", "onnx-int8", "torch"), default="auto",
+                   help="query encoder runtime (default auto: ONNX Runtime when installed, ~3x faster per query; "
+                   "onnx-int8: its int8-quantised copy, see eval/RESULTS.md)")
     p.set_defaults(handler=_cmd_search)
 
 

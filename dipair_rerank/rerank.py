@@ -23,6 +23,8 @@ from dipair_rerank.model import DiPairModel, Prefix, load_model
 
 logger = logging.getLogger(__name__)
 
+QUERY_BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+
 SMALL_HEAD_CALL = 512
 """Head calls over at most this many (query, document) pairs run on one torch thread. Why: torch's OpenMP
 workers spin-wait for each other, so when another process holds one of the cores a 2-thread call waits for a
@@ -70,8 +72,8 @@ class DiPairReranker:
         cache: the index's prefix cache.
         threads: torch (and ONNX Runtime) intra-op threads (None leaves torch's setting).
         timer: where per-stage timings go (a fresh StageTimer by default).
-        query_backend: "onnx" (ONNX Runtime, fastest for single queries), "torch", or "auto" (onnx when
-            installed).
+        query_backend: "onnx" (ONNX Runtime, fastest for single queries), "onnx-int8" (its dynamically
+            quantised copy), "torch", or "auto" (onnx when installed).
     """
 
     def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
@@ -95,13 +97,13 @@ class DiPairReranker:
     def _query_encoder(self, backend: str, threads: int):
         from dipair_rerank.model.onnx_query import OnnxQueryEncoder, onnx_available
 
-        if backend not in ("auto", "onnx", "torch"):
-            raise DiPairError(f"unknown query backend {backend!r} (choose auto, onnx or torch)")
+        if backend not in QUERY_BACKENDS:
+            raise DiPairError(f"unknown query backend {backend!r} (choose {', '.join(QUERY_BACKENDS)})")
         if backend == "torch" or (backend == "auto" and not onnx_available()):
             return self.model.encode_queries
         if not onnx_available():
             raise DiPairError("query backend 'onnx' needs the onnx and onnxruntime packages (pip install onnx onnxruntime)")
-        return OnnxQueryEncoder(self.model, threads=threads)
+        return OnnxQueryEncoder(self.model, threads=threads, int8=backend == "onnx-int8")
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,

@@ -83,6 +83,28 @@ def test_onnx_query_backend_matches_torch(tiny_index):
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
+def test_exporting_the_query_branch_leaves_the_model_in_eval_mode(tiny_model, tmp_path):
+    from dipair_rerank.model.onnx_query import export_query_branch
+
+    tiny_model.eval()
+    export_query_branch(tiny_model, tmp_path / "query.onnx")
+    assert not tiny_model.training and not any(m.training for m in tiny_model.modules())
+
+
+def test_int8_query_backend_runs_a_quantised_graph_close_to_fp32(tiny_index):
+    from dipair_rerank.model.onnx_query import cache_dir
+
+    fp32 = DiPairReranker.from_index(tiny_index, query_backend="onnx")
+    int8 = DiPairReranker.from_index(tiny_index, query_backend="onnx-int8")
+    assert list((cache_dir() / "onnx").glob("*-int8.onnx"))
+    docids = [d for d, _ in TINY_DOCS]
+    expected = {h.docid: h.score for h in fp32.rerank("quantum qubits", docids)}
+    got = {h.docid: h.score for h in int8.rerank("quantum qubits", docids)}
+    assert got.keys() == expected.keys()
+    spread = max(expected.values()) - min(expected.values())
+    assert max(abs(got[d] - expected[d]) for d in got) < 0.2 * spread  # quantised: close, not equal
+
+
 def test_unknown_query_backend(tiny_index):
     with pytest.raises(DiPairError, match="unknown query backend"):
         DiPairReranker.from_index(tiny_index, query_backend="tpu")

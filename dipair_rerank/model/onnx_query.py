@@ -56,7 +56,10 @@ def export_query_branch(model: DiPairModel, path: Path) -> Path:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _QueryBranch(model.eval()), example, str(tmp), input_names=["input_ids", "attention_mask"],
+            # the wrapper must be in eval mode itself: the exporter puts the module it is given back into that
+            # module's own mode afterwards, and a fresh wrapper (training mode) would switch the whole model to
+            # training, i.e. dropout in every head call that follows in this process
+            _QueryBranch(model.eval()).eval(), example, str(tmp), input_names=["input_ids", "attention_mask"],
             output_names=["vectors", "mask", "pooled"], opset_version=17, dynamo=False,
             dynamic_axes={"input_ids": axes["batch"], "attention_mask": axes["batch"], "vectors": {0: "batch"},
                           "mask": {0: "batch"}, "pooled": {0: "batch"}},
@@ -65,21 +68,37 @@ def export_query_branch(model: DiPairModel, path: Path) -> Path:
     return path
 
 
+def quantize_query_branch(path: Path) -> Path:
+    """The int8 (dynamic quantisation) copy of an exported query branch, made once beside it, atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = path.with_name(path.stem + "-int8.onnx")
+    if not target.is_file():
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+        os.replace(tmp, target)
+    return target
+
+
 class OnnxQueryEncoder:
     """Drop-in for ``DiPairModel.encode_queries`` at inference.
 
     Args:
         model: the DiPair model (its query branch is exported on first use).
         threads: ONNX Runtime intra-op threads.
+        int8: run a dynamically int8-quantised copy of the graph (weights int8, activations quantised per call);
+            eval/bench_query_int8.py measures what it costs in quality.
     """
 
-    def __init__(self, model: DiPairModel, *, threads: int = 1):
+    def __init__(self, model: DiPairModel, *, threads: int = 1, int8: bool = False):
         import onnxruntime as ort
 
         path = cache_dir() / "onnx" / f"query-{model.fingerprint()[:20]}.onnx"
         if not path.is_file():
             logger.info("exporting the query encoder to %s", path)
             export_query_branch(model, path)
+        if int8:
+            path = quantize_query_branch(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

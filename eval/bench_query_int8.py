@@ -1,0 +1,69 @@
+"""int8 query encoding (issue 11): ONNX Runtime dynamic quantisation of the query branch against fp32 ONNX.
+
+For SciFact test and DL19 (BM25 top-100, the default model's indexes/eff-* caches), re-rank every query with
+both query backends in one process and report nDCG@10 of each, the mean per-query Kendall tau between the two
+rankings, and query-encoding p50 (one query at a time, 2 threads, one untimed pass first).
+
+    python eval/bench_query_int8.py          # needs indexes/eff-scifact and indexes/eff-dl19 (eval/effectiveness.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from dipair_rerank.evaluate import evaluate
+from dipair_rerank.evaluate.report import format_table
+from dipair_rerank.data import shared_data_dir
+from effectiveness import COLLECTIONS, bm25_top100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="eval/results/bench_query_int8.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from dipair_rerank.rerank import DiPairReranker
+
+    data = shared_data_dir()
+    rows = []
+    for name, spec in COLLECTIONS.items():
+        topics, qrels, cands = bm25_top100(spec, data)
+        runs, encode_ms = {}, {}
+        for backend in ("onnx", "onnx-int8"):
+            reranker = DiPairReranker.from_index(spec["index"], threads=args.threads, query_backend=backend)
+            reranker.warm_up()
+            for _ in range(2):  # the first pass warms caches; the second is timed
+                reranker.timer.batches.clear()
+                runs[backend] = {q: [(h.docid, h.score) for h in reranker.rerank(topics[q], hits)]
+                                 for q, hits in cands.items()}
+            encode_ms[backend] = float(np.median(reranker.timer.per_query_ms("query_encoding")))
+        taus = []
+        for qid in cands:
+            fp32 = dict(runs["onnx"][qid])
+            int8 = dict(runs["onnx-int8"][qid])
+            docs = list(fp32)
+            taus.append(kendalltau([fp32[d] for d in docs], [int8[d] for d in docs]).statistic)
+        ndcg = {b: next(v.value for v in evaluate(qrels, runs[b], "nDCG@10")) for b in runs}
+        rows.append({"collection": name, "nDCG@10 fp32": ndcg["onnx"], "nDCG@10 int8": ndcg["onnx-int8"],
+                     "delta": ndcg["onnx-int8"] - ndcg["onnx"], "mean Kendall tau": float(np.mean(taus)),
+                     "min Kendall tau": float(np.min(taus)), "encode p50 ms fp32": encode_ms["onnx"],
+                     "encode p50 ms int8": encode_ms["onnx-int8"]})
+    print(f"# bench_query_int8  {time.strftime('%Y-%m-%d %H:%M')}  {args.threads} threads, default model")
+    print(format_table(rows, list(rows[0])))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
