@@ -242,8 +242,8 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
 
     output = config.output
     examples = build_examples(topics, candidates, teacher, texts, depth=config.depth, qrels=qrels or None)
-    fractions = list(args.val_fraction) if isinstance(args.val_fraction, (list, tuple)) else [args.val_fraction]
-    if len(fractions) not in (1, len(set(group.values())) or 1):
+    fractions = list(args.val_fraction)  # one share for every set, or one per set
+    if len(fractions) not in (1, len(set(group.values()))):
         raise DiPairError(f"--val-fraction needs one value, or one per --topics, got {len(fractions)}")
     split = fractions[0] if len(fractions) == 1 else {str(i): f for i, f in enumerate(fractions)}
     train, val = split_validation(examples, split, args.seed, group)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import cached_property
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,12 +22,9 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, sort_hits
 from dipair_rerank.errors import DiPairError
+from dipair_rerank.train.fusion import _text_key
 
 logger = logging.getLogger(__name__)
-
-
-def _text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class SparseCache:
@@ -89,7 +87,12 @@ class SpladeEncoder:
         self.tokens_per_batch = tokens_per_batch
         self.device = device
         self.vocab_size = int(self.model.config.vocab_size)
+        predictions = getattr(getattr(self.model, "cls", None), "predictions", None)
+        if predictions is None:
+            raise DiPairError(f"cannot load SPLADE model {path!r}: it needs a BERT-style MLM head (cls.predictions)")
+        self._head_transform = predictions.transform  # dense, activation, layer norm before the vocabulary
 
+    @cached_property
     def identity(self) -> str:
         """Hash of the weights and reading options: names the vector cache."""
         digest = hashlib.sha256(f"{self.max_length}".encode())
@@ -106,10 +109,9 @@ class SpladeEncoder:
         """
         import torch
 
-        out: list[tuple[np.ndarray, np.ndarray]] = []
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        rows: list[tuple[np.ndarray, np.ndarray]] = [None] * len(texts)  # type: ignore[list-item]
         with torch.inference_mode():
             start = 0
             while start < len(order):
@@ -120,28 +122,20 @@ class SpladeEncoder:
                                             return_tensors="pt").to(self.device)
                 hidden = self.model.base_model(**tokens).last_hidden_state
                 real = tokens["attention_mask"].bool()
-                logits = self.model.get_output_embeddings()(self._transform(hidden[real]))
+                logits = self.model.get_output_embeddings()(self._head_transform(hidden[real]))
                 lengths = real.sum(1).tolist()
                 maxima = torch.stack([part.amax(0) for part in logits.split(lengths)])
                 vectors = torch.log1p(torch.relu(maxima)).float().cpu().numpy()
                 for index, row in zip(chosen, vectors, strict=True):
                     nonzero = np.flatnonzero(row)
                     rows[index] = (nonzero.astype(np.int32), row[nonzero].astype(np.float32))
-        out = [rows[i] for i in range(len(texts))]
-        return out
-
-    def _transform(self, hidden):
-        """The MLM head's transform (dense, activation, layer norm) before the vocabulary projection."""
-        head = self.model.cls.predictions if hasattr(self.model, "cls") else None
-        if head is None:
-            raise DiPairError(f"{self.path}: SPLADE needs a BERT-style MLM head (cls.predictions)")
-        return head.transform(hidden)
+        return rows
 
 
 def splade_vectors(encoder: SpladeEncoder, texts: Sequence[str], *, cache_dir: Path | None,
                    chunk: int = 1024, progress: bool = True):
     """CSR matrix of the SPLADE vectors of ``texts``, encoding only those not cached (longest first)."""
-    cache = SparseCache(cache_dir, encoder.identity(), encoder.vocab_size)
+    cache = SparseCache(cache_dir, encoder.identity, encoder.vocab_size)
     keys = [_text_key(t) for t in texts]
     text_of = dict(zip(keys, texts))
     todo = sorted(dict.fromkeys(k for k in keys if k not in cache.rows), key=lambda k: -len(text_of[k]))

