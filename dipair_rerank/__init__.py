@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_model": "dipair_rerank.model",
     "DiPairReranker": "dipair_rerank.rerank",
     "RankedHit": "dipair_rerank.rerank",
+    "RankedText": "dipair_rerank.texts",
     "DiPairSearcher": "dipair_rerank.pipeline",
     "IndexOptions": "dipair_rerank.indexer",
     "build_index": "dipair_rerank.indexer",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from dipair_rerank.model import DiPairConfig, DiPairModel, load_model
     from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.rerank import DiPairReranker, RankedHit
+    from dipair_rerank.texts import RankedText
 
 
 def __getattr__(name: str) -> Any:

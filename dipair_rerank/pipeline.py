@@ -80,29 +80,40 @@ class DiPairSearcher:
     def timer(self) -> StageTimer:
         return self.reranker.timer
 
-    def _search_batch(self, queries: list[str], qids: list[str], k: int, threads: int) -> list[list[RankedHit]]:
+    def _search_batch(self, queries: list[str], qids: list[str], k: int, threads: int, depth: int | None = None
+                      ) -> list[list[RankedHit]]:
+        depth = self.depth if depth is None else depth
         timer = self.reranker.timer
         needs_vectors = isinstance(self.first_stage, DenseFirstStage)
         encoded = self.reranker.encode_queries(queries) if needs_vectors else None
-        fetch = max(k, self.depth)
+        fetch = max(k, depth)
         with timer.time("first_stage", len(queries)):
             vectors = encoded.pooled.numpy() if encoded is not None else None
             candidates = self.first_stage.retrieve(qids, queries, fetch, query_vectors=vectors, threads=threads)
         if encoded is None:
             encoded = self.reranker.encode_queries(queries)
-        short = [len(hits) for hits in candidates if len(hits) < self.depth]
+        short = [len(hits) for hits in candidates if len(hits) < depth]
         self._short = (self._short[0] + len(short), min([self._short[1], *short]))
-        heads = [hits[: self.depth] for hits in candidates]
+        heads = [hits[:depth] for hits in candidates]
         reranked = self.reranker.rerank_encoded(encoded, heads)
         results = []
         for top, hits in zip(reranked, candidates):
-            tail = [RankedHit(h.docid, h.score) for h in hits[self.depth :]]
+            tail = [RankedHit(h.docid, h.score) for h in hits[depth:]]
             results.append(_append_tail(top, tail)[:k])
         return results
 
     def search(self, q: str, k: int = 10, *, qid: str = "q") -> list[RankedHit]:
         """Top ``k`` for one query (``qid`` names it for run-file first stages)."""
         return self._search_batch([q], [qid], k, threads=1)[0]
+
+    def search_many(self, queries: list[str], k: int = 10, *, depth: int | None = None, threads: int = 1
+                    ) -> list[list[RankedHit]]:
+        """Top ``k`` for each query in one batch (one first-stage, encoder and head call); ``depth`` overrides
+        the searcher's for this call (a service's per-request depth). Not for run-file first stages (no qids)."""
+        if depth is not None and depth < 1:
+            raise DiPairError(f"depth must be at least 1, got {depth}")
+        qids = [f"q{i}" for i in range(len(queries))]
+        return self._search_batch(list(queries), qids, k, threads, depth)
 
     def batch_search(
         self, queries: list[str], qids: list[str], k: int = 10, threads: int = 1, *, batch_size: int = 64,

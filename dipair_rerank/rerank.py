@@ -1,6 +1,7 @@
 """DiPairReranker: encode the query once, gather the candidates' cached blocks, run the head once.
 
-No document is encoded here: every document representation comes from the index's prefix cache.
+No indexed document is encoded here: every indexed document's representation comes from the index's prefix cache.
+Plain texts (``rerank_texts``) go through the document branch on the fly, as the indexer would encode them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dipair_rerank.errors import DiPairError
 from dipair_rerank.evaluate.latency import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
+from dipair_rerank.texts import RankedText, check_texts, rank_texts, text_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,31 @@ def torch_threads(count: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+QUERY_GROUP_RATIO = 1.5
+"""A batch of queries is encoded in groups of similar token length, the longest in a group at most 1.5x the
+shortest, each padded only to its own longest. Why: encoding cost grows with padded tokens, and DL19's queries run
+from 6 to 15 tokens; 16 of them took 97 ms padded to the longest, 59 ms in two groups (one call's overhead is far
+smaller than the padding it saves)."""
+
+
 class RankedHit(NamedTuple):
     """A re-ranked document, duck-compatible with Pyserini's hits (``.docid``, ``.score``)."""
 
     docid: str
     score: float
+
+
+def length_groups(lengths: Sequence[int], ratio: float) -> list[list[int]]:
+    """Positions grouped by length, shortest first, each group's longest at most ``ratio`` x its shortest; a single
+    group keeps the input order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] <= ratio * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [sorted(groups[0])] if len(groups) == 1 else groups
 
 
 def hit_docid(hit: Any) -> str:
@@ -74,10 +96,12 @@ class DiPairReranker:
         timer: where per-stage timings go (a fresh StageTimer by default).
         query_backend: "onnx" (ONNX Runtime, fastest for single queries), "onnx-int8" (its dynamically
             quantised copy), "torch", or "auto" (onnx when installed).
+        heap_slack_mb: how far the C heap may grow past its working size before it is trimmed (``_memory.py``;
+            None: $DIPAIR_HEAP_SLACK_MB or 64). A long-running service sets it lower for a tighter RSS band.
     """
 
     def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
-                 timer: StageTimer | None = None, query_backend: str = "auto"):
+                 timer: StageTimer | None = None, query_backend: str = "auto", heap_slack_mb: float | None = None):
         if model.fingerprint() != cache.model_fingerprint:
             raise DiPairError(
                 f"the cache at {cache.folder} was built by model {cache.model_fingerprint[:12]}, not by the "
@@ -89,9 +113,7 @@ class DiPairReranker:
         self.model = model.eval()
         self.cache = cache
         self.timer = timer or StageTimer()
-        self._heap = HeapGuard()  # flat RSS over many variable-size batches (see _memory.py)
-        slots = torch.arange(model.config.doc_slots)
-        self._is_prefix_slot = slots < model.config.doc_prefix
+        self._heap = HeapGuard(heap_slack_mb)  # flat RSS over many variable-size batches (see _memory.py)
         self._encode_queries = self._query_encoder(query_backend, self.threads)
 
     def _query_encoder(self, backend: str, threads: int):
@@ -107,7 +129,8 @@ class DiPairReranker:
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
-                   threads: int | None = None, query_backend: str = "auto") -> "DiPairReranker":
+                   threads: int | None = None, query_backend: str = "auto", heap_slack_mb: float | None = None
+                   ) -> "DiPairReranker":
         """The re-ranker for ``index_dir``, with the model recorded in its manifest unless ``model`` is given."""
         layout = IndexLayout(Path(index_dir))
         manifest = layout.manifest()
@@ -116,33 +139,35 @@ class DiPairReranker:
             if (layout.root / recorded).is_dir():  # a model saved inside the index
                 recorded = layout.root / recorded
             model = load_model(model if model is not None else recorded)
-        return cls(model, PrefixCache(layout.cache), threads=threads, query_backend=query_backend)
+        return cls(model, PrefixCache(layout.cache), threads=threads, query_backend=query_backend,
+                   heap_slack_mb=heap_slack_mb)
 
     # ----- the three stages -----------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> Prefix:
+        """Kept query vectors, in order; a batch is encoded in groups of similar length (QUERY_GROUP_RATIO)."""
         with torch.inference_mode(), self.timer.time("query_encoding", len(queries)):
-            batch = self.model.tokenize(queries, max_length=self.model.config.query_max_length)
-            return self._encode_queries(batch)
+            tokenizer = self.model.tokenizer
+            ids = tokenizer(list(queries), truncation=True, max_length=self.model.config.query_max_length)["input_ids"]
+            groups = length_groups([len(row) for row in ids], QUERY_GROUP_RATIO)
+            parts = [self._encode_queries(tokenizer.pad(
+                {"input_ids": [ids[i] for i in group], "attention_mask": [[1] * len(ids[i]) for i in group]},
+                return_tensors="pt")) for group in groups]
+            if len(parts) == 1:
+                return parts[0]
+            order = torch.tensor([i for group in groups for i in group]).argsort()
+            return Prefix(*(torch.cat(field)[order] for field in zip(*parts)))
 
     def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer.time("gather", queries):
             blocks, lengths = self.cache.gather(self.cache.rows(docids))
-            vectors = torch.from_numpy(blocks).float()  # a copy: the cache reuses its buffer
-            lengths_t = torch.from_numpy(lengths.astype(np.int64))
-            mask = (torch.arange(self.model.config.doc_slots) < lengths_t.unsqueeze(1)) | ~self._is_prefix_slot
-            return vectors, mask
+            return self.model.document_blocks(blocks, lengths)
 
     def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
         pairs = d_vectors.shape[0]
         with torch.inference_mode(), self.timer.time("head", len(counts)), \
                 torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.threads):
-            if len(counts) == 1:
-                q_vectors, q_mask = queries.vectors, queries.mask
-            else:
-                repeat = torch.tensor(counts)
-                q_vectors = queries.vectors.repeat_interleave(repeat, dim=0)
-                q_mask = queries.mask.repeat_interleave(repeat, dim=0)
-            return self.model.score_prefixes(q_vectors, q_mask, d_vectors, d_mask)
+            query_index = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+            return self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
 
     def warm_up(self, depth: int = 100) -> None:
         """Run one throw-away query (first calls allocate and, for ONNX, optimise), then clear the timer."""
@@ -154,27 +179,44 @@ class DiPairReranker:
         self.timer = StageTimer()
 
     # ----- public API -----------------------------------------------------------------------------------------
-    def rerank_encoded(self, queries: Prefix, hits_per_query: Sequence[Sequence[Any]]) -> list[list[RankedHit]]:
-        """Re-rank each query's hits given already-encoded queries (one gather and one head call in all)."""
-        docids_per_query = [[hit_docid(hit) for hit in hits] for hits in hits_per_query]
-        counts = [len(docids) for docids in docids_per_query]
-        if sum(counts) == 0:
-            return [[] for _ in counts]
-        flat = [docid for docids in docids_per_query for docid in docids]
-        d_vectors, d_mask = self._gather(flat, len(counts))
+    def _score(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor
+               ) -> list[list[float]]:
+        """One head call over every query's blocks (this call holds the only reference to them, so their memory
+        is free when the heap is checked); scores split back per query."""
         keep = [i for i, count in enumerate(counts) if count]
         if len(keep) < len(counts):
             queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep])
         scores = self._head(queries, [counts[i] for i in keep], d_vectors, d_mask).tolist()
         del d_vectors, d_mask
         self._heap.check()
-        results: list[list[RankedHit]] = []
-        offset = 0
-        for docids in docids_per_query:
-            pairs = zip(docids, scores[offset : offset + len(docids)])
-            results.append(sorted((RankedHit(d, s) for d, s in pairs), key=lambda h: (-h.score, h.docid)))
-            offset += len(docids)
-        return results
+        offsets = np.cumsum([0, *counts]).tolist()
+        return [scores[start:end] for start, end in zip(offsets, offsets[1:])]
+
+    def score_encoded(self, queries: Prefix, docids_per_query: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Each query's scores for its docids, in the order given (one gather and one head call in all)."""
+        counts = [len(docids) for docids in docids_per_query]
+        if sum(counts) == 0:
+            return [[] for _ in counts]
+        flat = [docid for docids in docids_per_query for docid in docids]
+        return self._score(queries, counts, *self._gather(flat, len(counts)))
+
+    def score_texts(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]], *,
+                    batch_size: int = 32) -> list[list[float]]:
+        """Each query's scores for its plain texts, in the order given: one query-encoder call, one pass of the
+        document branch over all the texts (length-sorted batches of ``batch_size``) and one head call."""
+        texts_per_query = [check_texts(texts) for texts in texts_per_query]
+        encoded = self.encode_queries(queries)
+        flat = [text for texts in texts_per_query for text in texts]
+        with torch.inference_mode(), self.timer.time("document_encoding", len(queries)):
+            d_vectors, d_mask = text_blocks(self.model, flat, batch_size=batch_size)
+        return self._score(encoded, [len(texts) for texts in texts_per_query], d_vectors, d_mask)
+
+    def rerank_encoded(self, queries: Prefix, hits_per_query: Sequence[Sequence[Any]]) -> list[list[RankedHit]]:
+        """Re-rank each query's hits given already-encoded queries (one gather and one head call in all)."""
+        docids_per_query = [[hit_docid(hit) for hit in hits] for hits in hits_per_query]
+        scores = self.score_encoded(queries, docids_per_query)
+        return [sorted((RankedHit(d, s) for d, s in zip(docids, row)), key=lambda h: (-h.score, h.docid))
+                for docids, row in zip(docids_per_query, scores)]
 
     def rerank(self, query: str, hits: Iterable[Any], k: int | None = None) -> list[RankedHit]:
         """Re-rank ``hits`` (Pyserini hits, ``(docid, score)`` pairs or docids) for ``query``; best first."""
@@ -187,3 +229,11 @@ class DiPairReranker:
     def rerank_batch(self, queries: Sequence[str], hits_per_query: Sequence[Iterable[Any]]) -> list[list[RankedHit]]:
         """Re-rank several queries' hits with one query-encoder call and one head call."""
         return self.rerank_encoded(self.encode_queries(queries), [list(h) for h in hits_per_query])
+
+    def rerank_texts(self, query: str, texts: Iterable[str], k: int | None = None, *, batch_size: int = 32
+                     ) -> list[RankedText]:
+        """Rank plain ``texts`` that are in no index (a RAG retriever's candidates), best first, as
+        ``[RankedText(index, score, text)]``: the document branch encodes them here, exactly as the indexer
+        would, so a text scores as it does from an fp16 cache."""
+        texts = check_texts(texts)
+        return rank_texts(texts, self.score_texts([query], [texts], batch_size=batch_size)[0], k)

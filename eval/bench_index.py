@@ -63,12 +63,14 @@ def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_
     cluster is started before timing; its start-up is not the engine's per-document overhead)."""
     import ray
 
-    from dipair_rerank.engines.ray_engine import build_cache_with_ray
-    from dipair_rerank.indexer import _build_cache, shard_spans
+    from dipair_rerank.data.sources import CorpusSource, shard_spans
+    from dipair_rerank.indexer import build_cache
 
     corpus = scratch / "engine-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "contents": t}) + "\n" for i, t in enumerate(texts)))
-    spans = shard_spans(corpus, shard_rows)
+    source = CorpusSource(corpus)
+    source.prepare(corpus, progress=False)  # already normalised: only its line offsets are read
+    spans = shard_spans(source.count(), shard_rows)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
@@ -80,7 +82,7 @@ def engine_rates(model, texts: list[str], scratch: Path, shard_rows: int, batch_
                                    engine=engine, progress=False)
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            (build_cache_with_ray if engine == "ray" else _build_cache)(model, corpus, staging, spans, options)
+            build_cache(model, source, staging, spans, options)
             rows.append({"engine": label, "docs": len(texts), "docs/s": len(texts) / (time.perf_counter() - start)})
     finally:
         ray.shutdown()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every recorded speed/scale number (issues 4 and 5) in one go, on a quiet machine, after
+# Regenerate every recorded speed/scale number (issues 4, 5 and 13) in one go, on a quiet machine, after
 # `python eval/effectiveness.py` has built indexes/eff-scifact and indexes/eff-dl19 with the default model.
 # Each script's output lands in eval/results/*.txt (and .json); eval/RESULTS.md and eval/SCALE.md quote them.
 set -euo pipefail
@@ -11,3 +11,4 @@ python eval/bench_codecs.py | tee eval/results/bench_codecs.txt
 python eval/codec_sensitivity.py | tee eval/results/codec_sensitivity.txt
 python eval/plot_tradeoff.py | tee eval/results/plot_tradeoff.txt
 python eval/capacity.py | tee eval/results/capacity.txt
+python eval/bench_serve.py  # writes eval/results/bench_serve.md (needs the [serve] extra)

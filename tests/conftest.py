@@ -96,3 +96,21 @@ def shared_data() -> Path:
     if not (root / "cranfield" / "corpus.jsonl").is_file():
         pytest.skip(f"shared data not found at {root} (set DIPAIR_DATA to its folder)")
     return root
+
+
+def pyserini_index(corpus_dir: Path, target: Path, *flags: str) -> Path:
+    """A Lucene index built the way a Pyserini user builds one (``python -m pyserini.index.lucene``), in-process."""
+    from dipair_rerank._java import run_module
+
+    run_module("pyserini.index.lucene", ["--collection", "JsonCollection", "--input", str(corpus_dir.resolve()),
+                                         "--index", str(target.resolve()), "--threads", "1", *flags])
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_lucene(tmp_path_factory) -> Path:
+    """The tiny corpus indexed by Pyserini itself with ``--storeRaw`` (for ``index --from-lucene``)."""
+    root = tmp_path_factory.mktemp("lucene")
+    (root / "input").mkdir()
+    write_jsonl(root / "input" / "corpus.jsonl", TINY_DOCS)
+    return pyserini_index(root / "input", root / "tiny", "--storeRaw")

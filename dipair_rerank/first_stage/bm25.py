@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dipair_rerank.errors import DiPairError
 from dipair_rerank.first_stage.base import Candidate
 
 
@@ -17,6 +18,8 @@ class BM25FirstStage:
     def __init__(self, lucene_dir: str | Path, *, k1: float = 0.9, b: float = 0.4):
         from dipair_rerank._java import ensure_jvm
 
+        if not Path(lucene_dir).is_dir():  # e.g. the existing index an --from-lucene index recorded was moved
+            raise DiPairError(f"no Lucene index at {lucene_dir}")
         ensure_jvm()
         from pyserini.search.lucene import LuceneSearcher
 

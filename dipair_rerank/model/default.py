@@ -44,7 +44,7 @@ def _looks_like_path(name: str) -> bool:
 def _load_saved(path: Path) -> DiPairModel:
     """A saved DiPair folder; a damaged one (bad JSON, truncated safetensors, mismatched shapes) fails in one line."""
     try:
-        return DiPairModel.from_pretrained(path)
+        return DiPairModel.from_folder(path)
     except DiPairError:
         raise
     except Exception as exc:  # json, safetensors and torch each raise their own types

@@ -12,14 +12,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model.config import DEFAULT_ENCODER, DiPairConfig, resolve_encoder_path
+
+if TYPE_CHECKING:
+    from dipair_rerank.texts import RankedText
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +145,6 @@ class DiPairModel(nn.Module):
             self.similarity_scale = nn.Parameter(torch.tensor(1.0))
         finally:
             torch.random.set_rng_state(generator_state)
-        segments = torch.cat([torch.zeros(config.query_slots), torch.ones(config.doc_slots)]).long()
-        self.register_buffer("_segments", segments, persistent=False)
         self._fingerprint: str | None = None
         self.eval()
 
@@ -193,24 +195,48 @@ class DiPairModel(nn.Module):
         vectors = _fp16_round(prefix.vectors) * prefix.mask.unsqueeze(-1)
         return Prefix(vectors, prefix.mask, prefix.pooled)
 
+    def document_blocks(self, vectors: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head inputs from stored document rows (a cache gather, or ``encode_documents`` for plain texts):
+        float vectors [k, slots, d_p] (a copy: the cache reuses its buffer) and the mask of real slots (the
+        first ``lengths`` prefix slots, plus the pooled slot)."""
+        slots = torch.arange(self.config.doc_slots)
+        lengths_t = torch.from_numpy(lengths.astype(np.int64))
+        mask = (slots < lengths_t.unsqueeze(1)) | (slots >= self.config.doc_prefix)
+        return torch.from_numpy(vectors).float(), mask
+
     # ----- head -----------------------------------------------------------------------------------------------
     def score_prefixes(
-        self, q_vectors: torch.Tensor, q_mask: torch.Tensor, d_vectors: torch.Tensor, d_mask: torch.Tensor
+        self,
+        q_vectors: torch.Tensor,
+        q_mask: torch.Tensor,
+        d_vectors: torch.Tensor,
+        d_mask: torch.Tensor,
+        query_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores [B] for query blocks [B or 1, m', d_p] against document blocks [B, n', d_p]."""
+        """Scores [B] for query blocks against document blocks [B, n', d_p].
+
+        ``q_vectors`` [Q, m', d_p] holds B aligned blocks (Q = B), one block shared by every document (Q = 1),
+        or Q distinct queries with ``query_index`` [B] naming each document's query: re-ranking passes each
+        query once, so what depends on the query alone is computed once, not once per candidate.
+        """
         batch = d_vectors.shape[0]
-        q_vectors = q_vectors.expand(batch, -1, -1)
-        q_mask = q_mask.expand(batch, -1)
-        tokens = torch.cat([q_vectors, d_vectors.to(q_vectors.dtype)], dim=1)
-        tokens = tokens + self.position.weight + self.segment(self._segments)
-        padding = ~torch.cat([q_mask, d_mask], dim=1)
-        if self.training:
-            first = self.head(tokens, src_key_padding_mask=padding)[:, 0]
+        if query_index is None:
+            query_index = torch.zeros(batch, dtype=torch.long) if q_vectors.shape[0] == 1 else torch.arange(batch)
+        q_tokens = q_vectors + self.position.weight[: self.config.query_slots] + self.segment.weight[0]
+        d_tokens = d_vectors.to(q_vectors.dtype) + self.position.weight[self.config.query_slots :] \
+            + self.segment.weight[1]
+        if not self.training and len(self.head.layers) == 1:
+            first = self._one_layer_head_first_token(q_tokens, ~q_mask, d_tokens, ~d_mask, query_index)
         else:
-            first = self._head_first_token(tokens, padding)
+            tokens = torch.cat([q_tokens[query_index], d_tokens], dim=1)
+            padding = ~torch.cat([q_mask[query_index], d_mask], dim=1)
+            if self.training:
+                first = self.head(tokens, src_key_padding_mask=padding)[:, 0]
+            else:
+                first = self._head_first_token(tokens, padding)
         scores = self.score_out(self.head_norm(first)).squeeze(-1)
         if self.config.similarity_residual:
-            q_pooled = q_vectors[:, self.config.query_slots - 1]
+            q_pooled = q_vectors[:, self.config.query_slots - 1][query_index]
             d_pooled = d_vectors[:, self.config.doc_slots - 1].to(q_pooled.dtype)
             scores = scores + self.similarity_scale * F.cosine_similarity(q_pooled, d_pooled, dim=-1)
         return scores
@@ -236,14 +262,74 @@ class DiPairModel(nn.Module):
         attended = F.scaled_dot_product_attention(
             query, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=~padding[:, None, None, :]
         )
-        first = tokens[:, 0] + attention.out_proj(attended.reshape(batch, width))
-        return first + last.linear2(last.activation(last.linear1(last.norm2(first))))
+        return self._finish_first_token(last, tokens[:, 0], attended.reshape(batch, width))
+
+    def _one_layer_head_first_token(
+        self, q_tokens: torch.Tensor, q_padding: torch.Tensor, d_tokens: torch.Tensor, d_padding: torch.Tensor,
+        query_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``_head_first_token`` for a one-layer head, with the query's share computed once per query.
+
+        In a single layer the query tokens see nothing of the document before attention, so position 0's
+        attention query is fixed per query and can be folded into the key projection: a document token's logit
+        is its normalised vector dotted with ``W_k^T q`` (one vector per head), and its value projection is
+        applied after the attention-weighted sum of its tokens, not to each token. Per candidate that leaves a
+        few small products plus the output projection and feed-forward at position 0 (about a third of the
+        general path's arithmetic over 100 candidates), with the same numbers.
+        """
+        layer = self.head.layers[0]
+        attention = layer.self_attn
+        queries, q_len, width = q_tokens.shape
+        heads = attention.num_heads
+        w_query, w_key, w_value = attention.in_proj_weight.view(3, heads, width // heads, width).unbind(0)
+        b_query, b_key, b_value = attention.in_proj_bias.view(3, heads, width // heads).unbind(0)
+        q_normed = layer.norm1(q_tokens)
+        query = (torch.einsum("qw,hcw->qhc", q_normed[:, 0], w_query) + b_query) * (width // heads) ** -0.5
+        folded_key = torch.einsum("qhc,hcw->qhw", query, w_key)  # [Q, H, width]
+        key_bias = (query * b_key).sum(-1)  # [Q, H]
+        q_logits = torch.einsum("qmw,qhw->qhm", q_normed, folded_key) + key_bias[:, :, None]
+        q_values = torch.einsum("qmw,hcw->qmhc", q_normed, w_value) + b_value
+        d_normed = layer.norm1(d_tokens)
+        if queries == 1:
+            d_logits = (d_normed @ folded_key[0].T).transpose(1, 2) + key_bias[0, :, None]
+        else:
+            d_logits = torch.einsum("bnw,bhw->bhn", d_normed, folded_key[query_index]) + key_bias[query_index, :, None]
+        q_logits = q_logits.masked_fill(q_padding[:, None, :], float("-inf"))[query_index]
+        d_logits = d_logits.masked_fill(d_padding[:, None, :], float("-inf"))
+        q_weights, d_weights = torch.softmax(torch.cat([q_logits, d_logits], dim=-1), dim=-1).split(
+            [q_len, d_tokens.shape[1]], dim=-1)
+        if queries == 1:
+            attended = torch.einsum("bhm,mhc->bhc", q_weights, q_values[0])
+        else:
+            attended = torch.einsum("bhm,bmhc->bhc", q_weights, q_values[query_index])
+        d_mixed = torch.einsum("bhn,bnw->bhw", d_weights, d_normed)
+        attended = attended + torch.einsum("bhw,hcw->bhc", d_mixed, w_value) + d_weights.sum(-1)[..., None] * b_value
+        return self._finish_first_token(layer, q_tokens[query_index, 0], attended.flatten(1))
+
+    @staticmethod
+    def _finish_first_token(layer: nn.TransformerEncoderLayer, first: torch.Tensor, attended: torch.Tensor
+                            ) -> torch.Tensor:
+        """Residual, output projection and feed-forward of a pre-norm layer at position 0."""
+        first = first + layer.self_attn.out_proj(attended)
+        return first + layer.linear2(layer.activation(layer.linear1(layer.norm2(first))))
 
     def forward(self, queries: Sequence[str], documents: Sequence[str]) -> torch.Tensor:
         """Scores [B] for aligned (query, document) pairs from raw text: the uncached reference path."""
         q = self.encode_queries(self.tokenize(queries, max_length=self.config.query_max_length))
         d = self.encode_documents(self.tokenize(documents, max_length=self.config.doc_max_length))
         return self.score_prefixes(q.vectors, q.mask, d.vectors, d.mask)
+
+    def rank(self, query: str, texts: Sequence[str], k: int | None = None, *, batch_size: int = 32
+             ) -> list[RankedText]:
+        """Rank plain ``texts`` for ``query`` without an index, best first: the document branch runs here, in
+        length-sorted batches, exactly as the indexer runs it (so scores equal an fp16 cache's)."""
+        from dipair_rerank.texts import check_texts, rank_texts, text_blocks
+
+        texts = check_texts(texts)
+        with torch.inference_mode():
+            q = self.encode_queries(self.tokenize([query], max_length=self.config.query_max_length))
+            scores = self.score_prefixes(q.vectors, q.mask, *text_blocks(self, texts, batch_size=batch_size))
+        return rank_texts(texts, scores.tolist(), k)
 
     # ----- identity and storage -------------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -313,7 +399,18 @@ class DiPairModel(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "DiPairModel":
+    def from_pretrained(cls, name: str | Path | None = None) -> "DiPairModel":
+        """A model by the names ``--model`` takes: None or "default" (the shipped model), a folder written by
+        ``save_pretrained``, or a Hugging Face encoder id/path (a fresh, seeded head on it).
+
+            DiPairModel.from_pretrained().rank("what is a qubit", texts)   # [RankedText(index, score, text)]
+        """
+        from dipair_rerank.model.default import load_model
+
+        return load_model(name)
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "DiPairModel":
         """Load a folder written by ``save_pretrained`` (never unpickles: JSON + safetensors only)."""
         from safetensors import safe_open
         from safetensors.torch import load_file

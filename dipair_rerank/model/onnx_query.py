@@ -93,6 +93,7 @@ class OnnxQueryEncoder:
     def __init__(self, model: DiPairModel, *, threads: int = 1, int8: bool = False):
         import onnxruntime as ort
 
+        ort.disable_telemetry_events()  # a re-ranker should not look up Microsoft's telemetry host per process
         path = cache_dir() / "onnx" / f"query-{model.fingerprint()[:20]}.onnx"
         if not path.is_file():
             logger.info("exporting the query encoder to %s", path)

@@ -212,7 +212,7 @@ def cached_scores(model: DiPairModel, queries: FeatureStore, docs: FeatureStore,
         model, "doc", torch.from_numpy(docs.prefix[flat]).to(device), torch.from_numpy(docs.mask[flat]).to(device),
         torch.from_numpy(docs.pooled[flat]).to(device), config.doc_prefix)
     owner = torch.arange(count, device=device).repeat_interleave(width)
-    return model.score_prefixes(q_vec[owner], q_mask[owner], d_vec, d_mask).float().view(count, width)
+    return model.score_prefixes(q_vec, q_mask, d_vec, d_mask, owner).float().view(count, width)
 
 
 def _ndcg10_rows(scores: np.ndarray, relevance: np.ndarray, mask: np.ndarray) -> np.ndarray:

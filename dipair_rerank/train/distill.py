@@ -192,7 +192,7 @@ def student_scores(
     owner = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts)).to(device)
     slot = torch.cat([torch.arange(count) for count in counts]).to(device)
     rows = torch.tensor([row_of[d] for e in examples for d in e.docids], device=device)
-    flat = model.score_prefixes(queries.vectors[owner], queries.mask[owner], docs.vectors[rows], docs.mask[rows])
+    flat = model.score_prefixes(queries.vectors, queries.mask, docs.vectors[rows], docs.mask[rows], owner)
     width = max(counts)
     scores = torch.zeros(len(examples), width, device=device).index_put((owner, slot), flat.float())
     mask = torch.zeros(len(examples), width, dtype=torch.bool, device=device).index_put(

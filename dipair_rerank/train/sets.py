@@ -68,6 +68,7 @@ def load_texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
         texts = {doc.docid: doc.text for doc in read_corpus(spec.corpus) if doc.docid in docids}
     else:
         from dipair_rerank._java import ensure_jvm
+        from dipair_rerank.data.lucene import stored_text
         from dipair_rerank.index_layout import IndexLayout
 
         ensure_jvm()
@@ -77,8 +78,9 @@ def load_texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
         texts = {}
         for docid in docids:
             doc = searcher.doc(docid)
-            if doc is not None:
-                texts[docid] = doc.contents()
+            text = None if doc is None else stored_text(doc.raw(), doc.contents())
+            if text is not None:
+                texts[docid] = text
     missing = docids - texts.keys()
     if missing:
         raise DiPairError(f"training set {spec.topics}: {len(missing)} candidate docid(s) have no text, "

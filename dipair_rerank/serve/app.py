@@ -1,0 +1,306 @@
+"""The HTTP app over a RerankService: POST /rerank, POST /search, GET /health, and FastAPI's own /docs.
+
+``/rerank`` takes the common re-rank API shape (Cohere, Jina, Text Embeddings Inference: ``query``, ``documents``,
+``top_n``; answers ``results: [{index, relevance_score}]``), so existing re-rank clients can point at it, or
+``docids`` of the index, which use its cache and never encode a document.
+
+Every error is one line of JSON, ``{"error": "..."}``, with a 4xx status for the client's mistakes: FastAPI's
+validation errors (a list of dicts per field) are reduced to their first problem, said in words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictStr, field_validator, model_validator
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dipair_rerank import __version__
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.serve.batching import BatcherStopped
+from dipair_rerank.serve.service import Outcome, RerankJob, RerankService, SearchJob, ServeOptions
+
+logger = logging.getLogger(__name__)
+
+OPTIONS_ENV = "DIPAIR_SERVE_OPTIONS"
+"""ServeOptions as JSON, for the worker processes of ``serve --workers N`` (each builds its own service)."""
+
+UNKNOWN_SHOWN = 10  # unknown docids named in an error, at most
+
+
+# ----- request and response shapes (the OpenAPI schema at /docs) ----------------------------------------------------
+def _check_query(query: str) -> None:
+    if not query.strip():
+        raise ValueError("query is empty")
+
+
+class RerankRequest(BaseModel):
+    """Either ``documents`` (texts) or ``docids`` (of the index), not both."""
+
+    query: StrictStr = Field(description="the search query", examples=["what is a qubit"])
+    documents: list[StrictStr] | None = Field(
+        None, description='candidate texts, as strings or {"text": ...} objects; results index into this list')
+    docids: list[StrictStr] | None = Field(
+        None, description="candidate docids of the index: their cached blocks are scored, nothing is encoded")
+    top_n: int | None = Field(None, ge=1, description="return the best top_n only (default: all, best first)")
+    return_documents: bool = Field(False, description="include each result's text (with documents)")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        """Accept Cohere/Jina-style ``{"text": ...}`` objects beside plain strings."""
+        if isinstance(value, list):
+            return [item["text"] if isinstance(item, dict) and "text" in item else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RerankRequest":
+        _check_query(self.query)
+        if self.documents is not None and self.docids is not None:
+            raise ValueError("give documents or docids, not both")
+        if self.documents is None and self.docids is None:
+            raise ValueError("give documents (texts) or docids (of the index)")
+        return self
+
+
+class SearchRequest(BaseModel):
+    query: StrictStr = Field(description="the search query", examples=["what is a qubit"])
+    k: int = Field(10, ge=1, description="results to return")
+    depth: int = Field(100, ge=1, description="first-stage candidates re-ranked by DiPair (the rest follow them)")
+
+    @model_validator(mode="after")
+    def _query(self) -> "SearchRequest":
+        _check_query(self.query)
+        return self
+
+
+class TextDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="position in the request's documents or docids")
+    docid: str | None = Field(None, description="with docids only")
+    relevance_score: float
+    document: TextDocument | None = Field(None, description="with return_documents only")
+
+
+class RerankResponse(BaseModel):
+    results: list[RerankResult]
+    timing_ms: dict[str, float] = Field(description="queue, the batch's stages (shared by its requests), total")
+    batch_size: int = Field(description="requests computed together in this request's batch")
+
+
+class SearchHit(BaseModel):
+    docid: str
+    relevance_score: float = Field(description="DiPair's score; candidates beyond depth keep first-stage order "
+                                   "below every re-ranked one")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    first_stage: str
+    timing_ms: dict[str, float]
+    batch_size: int
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 413, 422, 503)
+}
+
+
+# ----- errors as one line of JSON -----------------------------------------------------------------------------------
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
+    """(status, one line) for FastAPI's list of validation errors: the first problem, where it is."""
+    if not errors:
+        return 422, "invalid request"
+    first = errors[0]
+    kind = first.get("type", "")
+    path = [part for part in first.get("loc", ()) if part != "body"]
+    if kind == "json_invalid":
+        position = f" at character {path[0]}" if path else ""
+        return 400, f"malformed JSON ({first.get('ctx', {}).get('error', 'decode error')}{position})"
+    if not path and kind == "missing":
+        return 400, "the request has no body: send a JSON object"
+    if not path and kind in ("model_attributes_type", "dict_type", "model_type"):
+        if isinstance(first.get("input"), (bytes, str)):
+            return 400, "the body must be a JSON object sent with Content-Type: application/json"
+        return 422, "the body must be a JSON object"
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return 422, f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length before reading, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body over the limit of {self.max_bytes} bytes"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await error_response(413, message)(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen
+            event = await receive()
+            seen += len(event.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge
+            return event
+
+        async def watched(event: Any) -> None:
+            nonlocal started
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await error_response(413, message)(scope, receive, send)
+
+
+# ----- the app ------------------------------------------------------------------------------------------------------
+def create_app(service: RerankService) -> FastAPI:
+    """The app over ``service`` (loaded and warmed already); its lifespan starts and stops the batch worker."""
+    options = service.options
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()  # uvicorn has let the requests in flight finish; this finishes anything still queued
+
+    app = FastAPI(title="dipair-rerank", version=__version__, lifespan=lifespan,
+                  description="DiPair re-ranking over a Pyserini index: re-rank texts or the index's docids, or "
+                  "search (first stage + DiPair). Concurrent requests are micro-batched into one head call.")
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*describe_validation_error(list(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Any, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    async def compute(job: RerankJob | SearchJob) -> Outcome:
+        try:
+            return await service.batcher.submit(job)
+        except BatcherStopped as exc:
+            raise HTTPException(503, str(exc)) from exc
+        except DiPairError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except Exception as exc:  # a bug: answer in one line, keep the traceback in the log, keep serving
+            logger.exception("request failed")
+            raise HTTPException(500, f"internal error ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+    def check_query(query: str) -> None:
+        if len(query) > options.max_query_chars:
+            raise HTTPException(422, f"query has {len(query)} characters, over the limit of {options.max_query_chars}")
+
+    @app.post("/rerank", response_model=None, responses={200: {"model": RerankResponse}, **ERRORS})
+    async def rerank(request: RerankRequest) -> JSONResponse:
+        """Score each candidate for the query; results best first (ties by position)."""
+        started = time.perf_counter()
+        check_query(request.query)
+        name = "documents" if request.documents is not None else "docids"
+        candidates: list[str] = request.documents if request.documents is not None else request.docids  # type: ignore[assignment]
+        if not candidates:
+            raise HTTPException(422, f"{name} is empty: give at least one")
+        if len(candidates) > options.max_documents:
+            raise HTTPException(422, f"{len(candidates)} {name}, over the limit of {options.max_documents} "
+                                "(--max-documents)")
+        if request.documents is not None:
+            for position, text in enumerate(request.documents):
+                if len(text) > options.max_document_chars:
+                    raise HTTPException(422, f"documents[{position}] has {len(text)} characters, over the limit of "
+                                        f"{options.max_document_chars} (--max-document-chars)")
+            job = RerankJob(request.query, texts=request.documents)
+        else:
+            unknown = service.unknown_docids(candidates)
+            if unknown:
+                named = ", ".join(unknown[:UNKNOWN_SHOWN])
+                more = f" and {len(unknown) - UNKNOWN_SHOWN} more" if len(unknown) > UNKNOWN_SHOWN else ""
+                raise HTTPException(422, f"unknown docids (not in the index): {named}{more}")
+            job = RerankJob(request.query, docids=candidates)
+        outcome = await compute(job)
+        scores: list[float] = outcome.value  # type: ignore[assignment]
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: request.top_n]
+        results = []
+        for i in order:
+            result: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            if request.docids is not None:
+                result["docid"] = request.docids[i]
+            elif request.return_documents:
+                result["document"] = {"text": candidates[i]}
+            results.append(result)
+        return JSONResponse({"results": results, "timing_ms": _total(outcome, started),
+                             "batch_size": outcome.batch_size})
+
+    @app.post("/search", response_model=None, responses={200: {"model": SearchResponse}, **ERRORS})
+    async def search(request: SearchRequest) -> JSONResponse:
+        """The index's first stage, then DiPair over its top ``depth``; the top ``k``, best first."""
+        started = time.perf_counter()
+        check_query(request.query)
+        for name in ("k", "depth"):
+            if getattr(request, name) > options.max_documents:
+                raise HTTPException(422, f"{name}={getattr(request, name)} is over the limit of "
+                                    f"{options.max_documents} (--max-documents)")
+        outcome = await compute(SearchJob(request.query, request.k, request.depth))
+        results = [{"docid": hit.docid, "relevance_score": hit.score} for hit in outcome.value]  # type: ignore[union-attr]
+        return JSONResponse({"results": results, "first_stage": options.first_stage,
+                             "timing_ms": _total(outcome, started), "batch_size": outcome.batch_size})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """The model (fingerprint), the index (documents, codec) and what has been served."""
+        return service.health()
+
+    return app
+
+
+def _total(outcome: Outcome, started: float) -> dict[str, float]:
+    return {**outcome.timing_ms, "total": round((time.perf_counter() - started) * 1000.0, 3)}
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process of ``serve --workers N``: options from DIPAIR_SERVE_OPTIONS."""
+    options = ServeOptions(**json.loads(os.environ[OPTIONS_ENV]))
+    return create_app(RerankService.from_options(options))

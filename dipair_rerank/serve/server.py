@@ -1,0 +1,93 @@
+"""Run the service under uvicorn: load and warm first, then open the port; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import socket
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.serve.service import ServeOptions
+
+if TYPE_CHECKING:
+    import uvicorn
+
+BACKLOG = 2048  # uvicorn's default
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind without listening (connections are refused until the service is warm), failing fast on a port in use
+    before a long load.
+
+    The socket says it is TCP (``proto``): asyncio turns Nagle off (TCP_NODELAY) only on accepted connections that
+    do, and with Nagle on every keep-alive request after the first waits ~40 ms for a delayed ACK (the bug in
+    uvicorn's own pre-bound sockets, uvicorn issue #3149)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DiPairError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)  # worker processes serve the same socket
+    return sock
+
+
+def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
+               log_level: str = "info") -> None:
+    """Serve until SIGTERM or Ctrl-C. ``workers`` > 1: that many processes, each with its own model, batcher and
+    ``threads // workers`` threads, sharing the socket (and, through the page cache, the cache files)."""
+    import uvicorn
+
+    from dipair_rerank.index_layout import IndexLayout
+    from dipair_rerank.serve.app import OPTIONS_ENV, create_app
+    from dipair_rerank.serve.service import RerankService
+
+    if workers < 1:
+        raise DiPairError(f"--workers must be at least 1, got {workers}")
+    IndexLayout(options.index).manifest()  # a wrong --index fails before the port is taken
+    sock = bind(host, port)
+    address = f"http://{host}:{sock.getsockname()[1]}"
+    config_args = dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=None)
+    if workers == 1:
+        service = RerankService.from_options(options)
+        sock.listen(BACKLOG)  # warm: from now on connections queue until uvicorn accepts them
+        health = service.health()
+        print(f"serving {options.index} at {address} ({health['documents']} documents, model "
+              f"{health['model_fingerprint'][:12]}, codec {health['codec']}, first stage {options.first_stage}); "
+              f"API docs at {address}/docs", flush=True)
+        _exit_zero_after_sigterm()  # only now: a SIGTERM while loading should simply end the process
+        uvicorn.Server(uvicorn.Config(create_app(service), backlog=BACKLOG, **config_args)).run(sockets=[sock])
+        return
+    per_worker = max(1, (options.threads or os.cpu_count() or 1) // workers)
+    os.environ[OPTIONS_ENV] = json.dumps(asdict(replace(options, threads=per_worker)))
+    print(f"serving {options.index} at {address} with {workers} worker processes ({per_worker} threads each; "
+          "each loads the model before it accepts requests)", flush=True)
+    config = uvicorn.Config("dipair_rerank.serve.app:app_from_environment", factory=True, workers=workers,
+                            backlog=BACKLOG, **config_args)
+    _supervise(config, sock)
+
+
+def _supervise(config: uvicorn.Config, sock: socket.socket) -> None:
+    """uvicorn's multiprocess supervisor over our socket (not ``uvicorn.run``, whose own socket misses TCP_NODELAY):
+    on SIGTERM it stops the workers, each draining its requests, and returns. Its constructor lost its ``target``
+    argument in later uvicorn versions."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if "target" in inspect.signature(Multiprocess).parameters:
+        supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])
+    else:
+        supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+
+
+def _exit_zero_after_sigterm() -> None:
+    """uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start: make that one a
+    no-op, so a graceful stop returns normally (exit status 0) instead of dying by the signal."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)

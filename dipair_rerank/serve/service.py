@@ -1,0 +1,207 @@
+"""RerankService: an index's re-ranker and first stage behind the micro-batcher; what the HTTP app calls.
+
+The batcher's worker thread is the only thread that runs torch, ONNX Runtime or the JVM (Pyserini's searcher) after
+start-up: the event loop validates requests and waits on futures. Requests in one batch are grouped by kind, each
+group one call: docid re-ranks share one query encoding, one gather and one head call; text re-ranks share one
+query encoding, one pass of the document branch and one head call; searches of the same depth share one
+first-stage call and one head call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.index_layout import IndexLayout
+from dipair_rerank.pipeline import DiPairSearcher, open_first_stage
+from dipair_rerank.rerank import DiPairReranker, RankedHit
+from dipair_rerank.serve.batching import MicroBatcher
+
+logger = logging.getLogger(__name__)
+
+FIRST_STAGES = ("bm25", "dense")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``dipair-rerank serve`` is asked for (also passed, as JSON, to worker processes).
+
+    Attributes:
+        index: the index folder.
+        first_stage: what /search retrieves with before re-ranking (dense needs an index built with --dense).
+        threads: torch / ONNX Runtime / Lucene threads of this process (None: every core).
+        max_documents: candidates per /rerank request, and the largest k and depth of /search.
+        max_document_chars: characters per document text (the model reads its first tokens only; longer texts
+            are refused rather than tokenised in full).
+        max_query_chars: characters per query.
+        max_body_bytes: request bodies above this are refused before being read.
+        max_wait_ms: how long a busy service's batch waits for more requests.
+        max_batch_pairs: candidates in one batch at most: about 10 requests of 100. Why not more: the head's cost
+            per pair rises beyond ~1,000 pairs (measured on DL19, one thread: 2.4 ms per 100 pairs at 500, 4.4 at
+            1,500), and two batches of half the clients, taking turns, let one's HTTP work overlap the other's
+            compute (16 clients: 136 requests/s capped at 1,000 pairs, 96 uncapped).
+        text_batch_size: texts per document-encoder batch.
+        heap_slack_mb: how far the C heap may grow past its working size before it is trimmed: RSS stays within
+            this band over any number of requests (the re-ranker's batch-run default is 64 MB).
+    """
+
+    index: str
+    first_stage: str = "bm25"
+    threads: int | None = None
+    query_backend: str = "auto"
+    max_documents: int = 1000
+    max_document_chars: int = 20_000
+    max_query_chars: int = 2_000
+    max_body_bytes: int = 32 * 2**20
+    max_wait_ms: float = 2.0
+    max_batch_pairs: int = 1024
+    text_batch_size: int = 32
+    heap_slack_mb: float = 16.0
+
+
+@dataclass
+class RerankJob:
+    """Re-rank ``docids`` (from the cache) or ``texts`` (encoded now) for ``query``; scores come back in order."""
+
+    query: str
+    docids: list[str] | None = None
+    texts: list[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.docids if self.docids is not None else self.texts or [])
+
+
+@dataclass
+class SearchJob:
+    """First stage + DiPair: the top ``k``, the first ``depth`` candidates re-ranked."""
+
+    query: str
+    k: int
+    depth: int
+
+    @property
+    def size(self) -> int:
+        return max(self.k, self.depth)
+
+
+class Outcome(NamedTuple):
+    """A job's answer: scores in candidate order (rerank) or ranked hits (search), with its batch's timings."""
+
+    value: list[float] | list[RankedHit]
+    timing_ms: dict[str, float]
+    batch_size: int
+
+
+class RerankService:
+    """Serve one index. ``start()`` before submitting jobs, ``stop()`` to finish them and end the worker."""
+
+    def __init__(self, searcher: DiPairSearcher, options: ServeOptions, *, manifest: dict[str, Any] | None = None):
+        self.searcher = searcher
+        self.reranker = searcher.reranker
+        self.cache = self.reranker.cache
+        self.options = options
+        self.manifest = manifest or {}
+        self.batcher: MicroBatcher[RerankJob | SearchJob] = MicroBatcher(
+            self._run_batch, max_wait_ms=options.max_wait_ms, size=lambda job: job.size,
+            max_size=options.max_batch_pairs, on_exit=_detach_from_jvm)
+
+    @classmethod
+    def from_options(cls, options: ServeOptions) -> "RerankService":
+        """Load the index's model, cache and first stage, and warm every path, before any request is taken."""
+        if options.first_stage not in FIRST_STAGES:
+            raise DiPairError(f"unknown first stage {options.first_stage!r} (choose {', '.join(FIRST_STAGES)})")
+        layout = IndexLayout(options.index)
+        manifest = layout.manifest()
+        reranker = DiPairReranker.from_index(options.index, threads=options.threads,
+                                             query_backend=options.query_backend, heap_slack_mb=options.heap_slack_mb)
+        service = cls(DiPairSearcher(reranker, open_first_stage(layout, options.first_stage)), options,
+                      manifest=manifest)
+        service.warm_up()
+        return service
+
+    def warm_up(self) -> None:
+        """First calls allocate, optimise (ONNX) and JIT-compile (the JVM): pay that before the port opens."""
+        started = time.perf_counter()
+        self.reranker.warm_up()
+        self.reranker.rerank_texts("warm up", ["a warm-up text", "another, a little longer, warm-up text"])
+        self.searcher.search_many(["warm up", "a second warm-up query"], k=10)
+        self.reranker.timer = StageTimer()
+        logger.info("warmed up in %.1f s", time.perf_counter() - started)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    # ----- what the app asks ----------------------------------------------------------------------------------
+    def unknown_docids(self, docids: Sequence[str]) -> list[str]:
+        """The docids not in the index, in request order (read-only lookup: safe beside the worker)."""
+        rows = self.cache.rows(docids, strict=False)
+        return [docids[i] for i in (rows < 0).nonzero()[0]]
+
+    def health(self) -> dict[str, Any]:
+        stats = self.batcher.stats
+        return {
+            "status": "ok" if self.batcher.running else "stopped",
+            "index": str(self.options.index),
+            "model": self.manifest.get("model"),
+            "model_fingerprint": self.cache.model_fingerprint,
+            "documents": self.cache.num_docs,
+            "codec": self.cache.codec.name,
+            "first_stage": self.options.first_stage,
+            "max_documents": self.options.max_documents,
+            "threads": self.reranker.threads,
+            "pid": os.getpid(),
+            "served": {"requests": stats.jobs, "batches": stats.batches, "largest_batch": stats.largest},
+        }
+
+    # ----- the worker thread ----------------------------------------------------------------------------------
+    def _run_batch(self, jobs: list[RerankJob | SearchJob], queued_ms: list[float]) -> list[Outcome]:
+        groups: dict[tuple[str, int], list[int]] = {}
+        for position, job in enumerate(jobs):
+            if isinstance(job, SearchJob):
+                key = ("search", job.depth)
+            else:
+                key = ("docids", 0) if job.docids is not None else ("texts", 0)
+            groups.setdefault(key, []).append(position)
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        for (kind, depth), members in groups.items():
+            group = [jobs[i] for i in members]
+            timer = self.reranker.timer = StageTimer()  # a fresh timer per call: nothing accumulates over requests
+            started = time.perf_counter()
+            values = self._run_group(kind, depth, group)
+            shared = {stage: round(sum(ms for ms, _ in entries), 3) for stage, entries in timer.batches.items()}
+            shared["batch"] = round((time.perf_counter() - started) * 1000.0, 3)
+            for position, value in zip(members, values):
+                outcomes[position] = Outcome(value, {"queue": round(queued_ms[position], 3), **shared}, len(group))
+        return outcomes  # type: ignore[return-value]  (every position filled above)
+
+    def _run_group(self, kind: str, depth: int, jobs: list[Any]) -> list[Any]:
+        queries = [job.query for job in jobs]
+        if kind == "docids":
+            return self.reranker.score_encoded(self.reranker.encode_queries(queries), [job.docids for job in jobs])
+        if kind == "texts":
+            return self.reranker.score_texts(queries, [job.texts for job in jobs],
+                                             batch_size=self.options.text_batch_size)
+        hits = self.searcher.search_many(queries, k=max(job.k for job in jobs), depth=depth,
+                                         threads=self.reranker.threads)
+        return [found[: job.k] for found, job in zip(hits, jobs)]
+
+
+def _detach_from_jvm() -> None:
+    """A thread that called into the JVM must detach before it ends, or the JVM keeps its state forever."""
+    jnius = sys.modules.get("jnius")
+    if jnius is not None:
+        try:
+            jnius.detach()
+        except Exception as exc:  # noqa: BLE001  (never attached, or the JVM is gone: nothing to release)
+            logger.debug("jnius.detach: %s", exc)
