@@ -39,11 +39,17 @@ def _batcher(recorder, **kwargs) -> MicroBatcher:
     return batcher
 
 
-def test_jobs_queued_together_run_as_one_batch_in_order(recorder):
-    batcher = _batcher(recorder)
+def _worker_busy_with_first(batcher: MicroBatcher, recorder):
+    """Hold the worker on a job named "first", so that the jobs submitted next queue behind it."""
     recorder.hold.clear()
     first = batcher.submit_future("first")
-    time.sleep(0.05)  # the worker holds "first"; the next ones queue behind it
+    time.sleep(0.05)
+    return first
+
+
+def test_jobs_queued_together_run_as_one_batch_in_order(recorder):
+    batcher = _batcher(recorder)
+    first = _worker_busy_with_first(batcher, recorder)
     rest = [batcher.submit_future(name) for name in ("a", "b", "c")]
     recorder.hold.set()
     assert [f.result(5) for f in [first, *rest]] == ["FIRST", "A", "B", "C"]
@@ -88,9 +94,7 @@ def test_a_job_that_queued_behind_a_batch_waits_for_company(recorder):
 
 def test_batches_stop_growing_at_max_jobs_and_max_size(recorder):
     batcher = _batcher(recorder, max_jobs=2, size=len, max_size=100)
-    recorder.hold.clear()
-    first = batcher.submit_future("first")
-    time.sleep(0.05)
+    first = _worker_busy_with_first(batcher, recorder)
     futures = [batcher.submit_future(name) for name in ("a", "b", "c", "d" * 200, "e")]
     recorder.hold.set()
     [f.result(5) for f in [first, *futures]]
@@ -100,9 +104,7 @@ def test_batches_stop_growing_at_max_jobs_and_max_size(recorder):
 
 def test_a_failing_job_fails_alone(recorder):
     batcher = _batcher(recorder)
-    recorder.hold.clear()
-    first = batcher.submit_future("first")
-    time.sleep(0.05)
+    first = _worker_busy_with_first(batcher, recorder)
     good, bad, refused = (batcher.submit_future(name) for name in ("good", "bad", "refused"))
     recorder.hold.set()
     assert first.result(5) == "FIRST" and good.result(5) == "GOOD"
@@ -133,9 +135,7 @@ def test_stop_finishes_queued_jobs_then_refuses_new_ones_and_restarts(recorder):
 
 def test_a_cancelled_job_is_skipped(recorder):
     batcher = _batcher(recorder)
-    recorder.hold.clear()
-    first = batcher.submit_future("first")
-    time.sleep(0.05)
+    first = _worker_busy_with_first(batcher, recorder)
     gone = batcher.submit_future("gone")
     kept = batcher.submit_future("kept")
     assert gone.cancel()  # its client went away before the worker reached it
