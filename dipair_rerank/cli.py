@@ -207,8 +207,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage1-epochs", type=int, default=1)
     p.add_argument("--stage1-lr", type=float, default=1e-3)
     p.add_argument("--encoder-lr", type=float, default=5e-5,
-                   help="cached stage 1: learning rate of the query tower's tuned top layers (--set "
-                   "query_tuned_layers=L) (default %(default)s)")
+                   help="cached stage 1: learning rate of the tuned encoder layers (--set query_tuned_layers=L, "
+                   "--set doc_tuned_layer=true) (default %(default)s)")
     p.add_argument("--stage2-epochs", type=int, default=1)
     p.add_argument("--stage2-lr", type=float, default=2e-5)
     p.add_argument("--queries-per-step", type=int, default=8)

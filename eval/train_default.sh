@@ -20,8 +20,12 @@ dipair-rerank fetch-teachers --models splade-tiny
 # 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora)
 python eval/prepare_train_data.py --work $W --depth 30
 
-# 2. frozen-encoder features of every training query/document (stage-1 inputs; m<=16, n<=32 for the ablation)
-python eval/extract_train_features.py --sets $S --features $F
+# 2. frozen-encoder features of every training query/document (stage-1 inputs; m<=16, n<=32 for the ablation);
+#    DOC_LAYER=1 also stores every passage token's input to the top layer (~5.5 GB), for a trained document layer
+DOC_LAYER=${DOC_LAYER:-0}
+if [ "$DOC_LAYER" = 1 ]; then DOC_FEATURES="--doc-input-layer 5"; else DOC_FEATURES=""; fi
+# shellcheck disable=SC2086  # DOC_FEATURES is a flag pair or nothing
+python eval/extract_train_features.py --sets $S --features $F $DOC_FEATURES
 
 # 3. the bi-encoder teacher's embeddings are the same mean-pooled MiniLM outputs: seed its cache (verified)
 python eval/seed_biencoder_cache.py --features $F --sets $S --cache $E
@@ -56,7 +60,9 @@ done
 #    QUERY_LAYERS layers, trained with projections + head (lower layers' outputs cached, document tower frozen,
 #    so caches stay valid); listwise KL (+ qrels term); validation (early stopping) on 20% of SciFact train, 5% of
 #    the title pseudo-queries and ALL 53 DL21 queries (graded qrels), 10% / 5% of DL22 / MS MARCO dev (teacher
-#    agreement only). SHAPE sets the rest of the shape (the default model's is chosen in eval/RESULTS.md).
+#    agreement only). DOC_LAYER=1 also trains a copy of the document tower's top layer at the n kept positions
+#    (keys/values frozen; the caches must then be rebuilt with the new model). SHAPE sets the rest of the shape
+#    (the default model's is chosen in eval/RESULTS.md).
 NAME=${NAME:-default}
 QUERY_LAYERS=${QUERY_LAYERS:-2}
 SHAPE=${SHAPE:-"--set head_layers=1 --set doc_prefix=8"}
@@ -71,7 +77,7 @@ done
 dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 32 \
     --topics "${TOPICS[@]}" --candidates "${CANDS[@]}" --corpus "${CORPUS[@]}" --qrels "${QRELS[@]}" \
     --teacher "${TEACH[@]}" --output $W/$NAME --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
-    --set query_tuned_layers=$QUERY_LAYERS $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
+    --set query_tuned_layers=$QUERY_LAYERS --set doc_tuned_layer=$DOC_LAYER $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
     --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
     --val-fraction 0.2 0.05 1.0 0.1 0.05 --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
 

@@ -30,6 +30,10 @@ class DiPairConfig:
         query_tuned_layers: L > 0 gives the query its own tower whose top L layers are trained apart from the
             document tower (issue 10). The document tower, and so every cache, stays ``encoder`` as published;
             a saved model stores only these L layers (a small delta) and reads the rest from ``encoder``.
+        doc_tuned_layer: the document's kept prefix is read from a trained copy of the document tower's top
+            layer, run at the n kept positions only (keys and values over every token, as the frozen layer
+            computes them); the pooled vector stays the frozen tower's (the bi-encoder embedding). Index time is
+            unchanged; a saved model stores the layer as a delta (issue 10, lever a on the document side).
         encoder_config: when set, build the encoder from this HF config dict with random weights (tests).
         query_prefix: m, output vectors kept from the query.
         doc_prefix: n, output vectors kept from the document (these are cached).
@@ -45,6 +49,7 @@ class DiPairConfig:
     encoder: str = DEFAULT_ENCODER
     shared_encoder: bool = True
     query_tuned_layers: int = 0
+    doc_tuned_layer: bool = False
     encoder_config: dict[str, Any] | None = None
     query_prefix: int = 8
     doc_prefix: int = 16

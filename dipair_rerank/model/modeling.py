@@ -7,6 +7,7 @@ lossless: re-ranking from the cache gives the scores of re-ranking from raw text
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ CONFIG_NAME = "dipair_config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ENCODER_PREFIX = "encoders."
+DOC_LAYER_PREFIX = "doc_top_layer."
 
 
 class Prefix(NamedTuple):
@@ -49,6 +51,28 @@ def _fp16_round(x: torch.Tensor) -> torch.Tensor:
 def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def top_layer_at_prefix(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Outputs [B, min(keep, L), H] of a BERT layer at its first ``keep`` positions, from its input [B, L, H].
+
+    Equal to the layer's full output sliced to those positions: keys and values come from every token, the
+    attention query, output projection and feed-forward run at the kept positions only (a trained document top
+    layer costs almost nothing at index time, and training never back-propagates through the other tokens).
+    """
+    attention = layer.attention.self
+    batch, _, width = hidden.shape
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, size).transpose(1, 2)
+
+    kept = hidden[:, :keep]
+    attended = F.scaled_dot_product_attention(
+        split(attention.query(kept)), split(attention.key(hidden)), split(attention.value(hidden)),
+        attn_mask=mask[:, None, None, :].bool(), dropout_p=attention.dropout.p if layer.training else 0.0)
+    attended = layer.attention.output(attended.transpose(1, 2).reshape(batch, -1, width), kept)
+    return layer.output(layer.intermediate(attended), attended)
 
 
 def _build_encoder(config: DiPairConfig, *, pretrained: bool, stored_config: Path | None = None) -> nn.Module:
@@ -120,6 +144,8 @@ class DiPairModel(nn.Module):
             )
             hidden = self.encoders[0].config.hidden_size
             self.hidden_size = hidden
+            # a copy of the frozen top layer, trained to make the kept document prefix (see top_layer_at_prefix)
+            self.doc_top_layer = copy.deepcopy(self.doc_encoder.encoder.layer[-1]) if config.doc_tuned_layer else None
             self.query_projection = nn.Linear(hidden, config.proj_dim)
             self.doc_projection = nn.Linear(hidden, config.proj_dim)
             self._init_projections()
@@ -172,11 +198,18 @@ class DiPairModel(nn.Module):
         )
 
     def _encode(
-        self, encoder: nn.Module, projection: nn.Linear, batch: dict[str, torch.Tensor], keep: int
+        self, encoder: nn.Module, projection: nn.Linear, batch: dict[str, torch.Tensor], keep: int,
+        top_layer: nn.Module | None = None,
     ) -> Prefix:
         attention = batch["attention_mask"]
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=attention).last_hidden_state
-        prefix, mask = hidden[:, :keep], attention[:, :keep].bool()
+        outputs = encoder(input_ids=batch["input_ids"], attention_mask=attention,
+                          output_hidden_states=top_layer is not None)
+        hidden = outputs.last_hidden_state
+        if top_layer is None:
+            prefix = hidden[:, :keep]
+        else:  # the trained top layer reads the frozen top layer's input
+            prefix = top_layer_at_prefix(top_layer, outputs.hidden_states[-2], attention, keep)
+        mask = attention[:, :keep].bool()
         if prefix.shape[1] < keep:  # every text shorter than the prefix: pad to a fixed width
             pad = keep - prefix.shape[1]
             prefix = F.pad(prefix, (0, 0, 0, pad))
@@ -191,7 +224,7 @@ class DiPairModel(nn.Module):
         return self._encode(self.query_encoder, self.query_projection, batch, self.config.query_prefix)
 
     def encode_documents(self, batch: dict[str, torch.Tensor]) -> Prefix:
-        prefix = self._encode(self.doc_encoder, self.doc_projection, batch, self.config.doc_prefix)
+        prefix = self._encode(self.doc_encoder, self.doc_projection, batch, self.config.doc_prefix, self.doc_top_layer)
         vectors = _fp16_round(prefix.vectors) * prefix.mask.unsqueeze(-1)
         return Prefix(vectors, prefix.mask, prefix.pooled)
 
@@ -335,7 +368,9 @@ class DiPairModel(nn.Module):
     def fingerprint(self) -> str:
         """sha256 of the config and every weight: the cache records it and refuses other models."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            # doc_tuned_layer came later: left out while off, so older models (and their caches) keep their prints
+            values = {k: v for k, v in self.config.to_dict().items() if k != "doc_tuned_layer" or v}
+            digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
@@ -347,33 +382,37 @@ class DiPairModel(nn.Module):
         return super().train(mode)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """Everything but the encoders: what stage 1 of training updates."""
-        return [p for name, p in self.named_parameters() if not name.startswith(ENCODER_PREFIX)]
+        """Everything but the encoder layers: what stage 1 of training updates."""
+        return [p for name, p in self.named_parameters() if not name.startswith((ENCODER_PREFIX, DOC_LAYER_PREFIX))]
 
     def tuned_layer_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of the query tower's separately trained top layers (``query_tuned_layers``)."""
+        """State-dict prefixes of the separately trained encoder layers: the query tower's top
+        ``query_tuned_layers`` and the document's ``doc_top_layer``."""
         count = self.config.query_tuned_layers
-        if count <= 0:
-            return ()
         total = len(self.query_encoder.encoder.layer)
         if count > total:
             raise DiPairError(f"query_tuned_layers={count} but the encoder has {total} layers")
-        return tuple(f"{ENCODER_PREFIX}0.encoder.layer.{i}." for i in range(total - count, total))
+        prefixes = tuple(f"{ENCODER_PREFIX}0.encoder.layer.{i}." for i in range(total - max(count, 0), total))
+        return prefixes + ((DOC_LAYER_PREFIX,) if self.doc_top_layer is not None else ())
 
     def tuned_encoder_parameters(self) -> list[nn.Parameter]:
-        """The query tower's top ``query_tuned_layers`` layers: trained beside the head, saved as a delta."""
+        """The tuned encoder layers, trained beside the head at the encoder learning rate and saved as a delta.
+        The document top layer's key and value projections stay frozen: they read every token of every
+        candidate, so training them would back-propagate through all of them (most of a step's cost)."""
         prefixes = self.tuned_layer_prefixes()
-        return [p for name, p in self.named_parameters() if prefixes and name.startswith(prefixes)]
+        frozen = (f"{DOC_LAYER_PREFIX}attention.self.key.", f"{DOC_LAYER_PREFIX}attention.self.value.")
+        return [p for name, p in self.named_parameters()
+                if prefixes and name.startswith(prefixes) and not name.startswith(frozen)]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What training changes (head, projections, tuned query layers): what checkpoints and a shipped model hold."""
+        """What training changes (head, projections, tuned layers): what checkpoints and a shipped model hold."""
         prefixes = self.tuned_layer_prefixes()
         return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()
                 if not name.startswith(ENCODER_PREFIX) or (prefixes and name.startswith(prefixes))}
 
     def save_pretrained(self, path: str | Path, *, save_encoder: bool = True) -> Path:
         """Write config JSON, tokenizer and safetensors weights. ``save_encoder=False`` stores only the head,
-        projections and tuned query layers (the rest of the encoder is re-read from ``config.encoder``): small
+        projections and tuned layers (the rest of the encoder is re-read from ``config.encoder``): small
         enough to ship. The tuned layers are stored in fp16 (half the delta) and the model is rounded to match,
         so the saved and the in-memory model are the same model."""
         from safetensors.torch import save_file
@@ -385,11 +424,12 @@ class DiPairModel(nn.Module):
         if save_encoder:
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
         else:
-            with torch.no_grad():
-                for param in self.tuned_encoder_parameters():
-                    param.copy_(param.to(torch.float16).to(param.dtype))
-            self._fingerprint = None
             delta = self.tuned_layer_prefixes()
+            with torch.no_grad():
+                for name, param in self.named_parameters():
+                    if delta and name.startswith(delta):
+                        param.copy_(param.to(torch.float16).to(param.dtype))
+            self._fingerprint = None
             state = {name: (tensor.to(torch.float16) if delta and name.startswith(delta) else tensor).contiguous()
                      for name, tensor in self.trainable_state().items()}
         if save_encoder:

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.model.modeling import DiPairModel, _masked_mean
+from dipair_rerank.model.modeling import DiPairModel, _masked_mean, top_layer_at_prefix
 from dipair_rerank.train.distill import Example
 from dipair_rerank.train.features import FeatureStore, project_features
 from dipair_rerank.train.losses import LOSSES, combined_loss
@@ -195,22 +195,44 @@ def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray,
     return project_features(model, "query", hidden, mask, _masked_mean(hidden, mask), model.config.query_prefix)
 
 
+def doc_vectors(model: DiPairModel, docs: FeatureStore, d_rows: np.ndarray, device: torch.device,
+                slice_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected document blocks from stored features: outputs (frozen tower), or the input of the top layer,
+    whose trained copy then runs here at the kept positions with gradients (``doc_tuned_layer``), ``slice_size``
+    documents at a time (each trimmed to its longest: a float copy of 256 tokens x 15k candidates is 6 GB)."""
+    mask = torch.from_numpy(docs.mask[d_rows]).to(device)
+    pooled = torch.from_numpy(docs.pooled[d_rows]).to(device)
+    keep = model.config.doc_prefix
+    if docs.meta.get("layer") is None:
+        prefix = torch.from_numpy(docs.prefix[d_rows]).to(device)
+    else:
+        parts = []
+        for start in range(0, len(d_rows), slice_size):
+            part_mask = mask[start : start + slice_size]
+            width = max(int(part_mask.sum(1).max()), keep)  # stored padded to max_length: trim
+            hidden = torch.from_numpy(docs.prefix[d_rows[start : start + slice_size], :width]).to(device)
+            parts.append(top_layer_at_prefix(model.doc_top_layer, hidden.float(), part_mask[:, :width], keep))
+        prefix, mask = torch.cat(parts), mask[:, :keep]
+    return project_features(model, "doc", prefix, mask, pooled, keep)
+
+
 def query_feature_layer(model: DiPairModel) -> int | None:
     """Which hidden states the query features must hold: None (outputs) or the first tuned layer's input."""
     tuned = model.config.query_tuned_layers
     return len(model.query_encoder.encoder.layer) - tuned if tuned > 0 else None
 
 
+def doc_feature_layer(model: DiPairModel) -> int | None:
+    """Which hidden states the document features must hold: None (outputs) or the top layer's input."""
+    return len(model.doc_encoder.encoder.layer) - 1 if model.config.doc_tuned_layer else None
+
+
 def cached_scores(model: DiPairModel, queries: FeatureStore, docs: FeatureStore, q_rows: np.ndarray,
                   d_rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """Student scores [Q, K] for queries ``q_rows`` [Q] against candidates ``d_rows`` [Q, K] (feature rows)."""
-    config = model.config
     count, width = d_rows.shape
     q_vec, q_mask = query_vectors(model, queries, q_rows, device)
-    flat = d_rows.reshape(-1)
-    d_vec, d_mask = project_features(
-        model, "doc", torch.from_numpy(docs.prefix[flat]).to(device), torch.from_numpy(docs.mask[flat]).to(device),
-        torch.from_numpy(docs.pooled[flat]).to(device), config.doc_prefix)
+    d_vec, d_mask = doc_vectors(model, docs, d_rows.reshape(-1), device)
     owner = torch.arange(count, device=device).repeat_interleave(width)
     return model.score_prefixes(q_vec, q_mask, d_vec, d_mask, owner).float().view(count, width)
 
@@ -312,14 +334,19 @@ def train_stage1_cached(
     if queries.meta.get("layer") != query_feature_layer(model):
         raise DiPairError(f"query features hold layer {queries.meta.get('layer')} states; this model needs "
                           f"{query_feature_layer(model)} (query_tuned_layers={model.config.query_tuned_layers})")
+    if docs.meta.get("layer") != doc_feature_layer(model):
+        raise DiPairError(f"document features hold layer {docs.meta.get('layer')} states; this model needs "
+                          f"{doc_feature_layer(model)} (doc_tuned_layer={model.config.doc_tuned_layer})")
     device = torch.device(config.device)
     model.to(device)
-    for param in model.encoders.parameters():
+    for param in model.parameters():
         param.requires_grad_(False)
     tuned = model.tuned_encoder_parameters()
     for param in tuned:
         param.requires_grad_(True)
     head = model.head_parameters()
+    for param in head:
+        param.requires_grad_(True)
     params = head + tuned
     groups = [{"params": [p for p in head if p.ndim >= 2], "weight_decay": config.weight_decay, "base": config.lr},
               {"params": [p for p in head if p.ndim < 2], "weight_decay": 0.0, "base": config.lr}]
@@ -366,7 +393,9 @@ def train_stage1_cached(
             break
         started = time.perf_counter()
         model.train()
-        model.encoders.eval()
+        model.encoders.eval()  # frozen and tuned encoder layers run without dropout, as at inference
+        if model.doc_top_layer is not None:
+            model.doc_top_layer.eval()
         rng = np.random.default_rng(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)
         order = rng.permutation(len(train_packed))
@@ -426,4 +455,4 @@ def train_stage1_cached(
     return {"history": history, "best_epoch": best_epoch, "best_val_ndcg10": best, "teacher_val_ndcg10": teacher_val}
 
 
-__all__ = ["CachedStage1Config", "cached_scores", "pack", "split_validation", "train_stage1_cached", "validate"]
+__all__ = ["CachedStage1Config", "cached_scores", "doc_feature_layer", "pack", "split_validation", "train_stage1_cached", "validate"]

@@ -227,7 +227,7 @@ def _examples_loss(
 # ----- stages -----------------------------------------------------------------------------------------------
 def _set_stage(model: DiPairModel, stage: int) -> list[torch.nn.Parameter]:
     """Freeze (stage 1) or unfreeze (stage 2) the encoders; returns the parameters to optimise."""
-    for param in model.encoders.parameters():
+    for param in model.parameters():
         param.requires_grad_(stage == 2)
     for param in model.head_parameters():
         param.requires_grad_(True)
@@ -238,6 +238,8 @@ def _train_mode(model: DiPairModel, stage: int) -> None:
     model.train()
     if stage == 1:
         model.encoders.eval()  # frozen encoders: no dropout, outputs as at inference
+        if model.doc_top_layer is not None:
+            model.doc_top_layer.eval()
 
 
 def _optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -82,22 +82,25 @@ def _chunks(folder: Path) -> list[Path]:
 
 
 def _load(folder: Path, meta: dict) -> FeatureStore:
+    """Read every chunk into arrays allocated once (a top-layer input store is ~5 GB: no concatenated copy)."""
+    chunks = _chunks(folder)
     keys: list[str] = []
-    prefixes, masks, pooled = [], [], []
-    for chunk in _chunks(folder):
+    for chunk in chunks:
         with np.load(chunk) as data:
             keys.extend(str(k) for k in data["keys"])
-            prefixes.append(data["prefix"])
-            masks.append(data["mask"])
-            pooled.append(data["pooled"])
-    hidden = int(meta["hidden"])
-    keep = int(meta["keep"])
-    return FeatureStore(
-        folder, meta, keys,
-        np.concatenate(prefixes) if prefixes else np.zeros((0, keep, hidden), np.float16),
-        np.concatenate(masks) if masks else np.zeros((0, keep), bool),
-        np.concatenate(pooled) if pooled else np.zeros((0, hidden), np.float32),
-    )
+    hidden, keep = int(meta["hidden"]), int(meta["keep"])
+    prefix = np.empty((len(keys), keep, hidden), np.float16)
+    mask = np.empty((len(keys), keep), bool)
+    pooled = np.empty((len(keys), hidden), np.float32)
+    row = 0
+    for chunk in chunks:
+        with np.load(chunk) as data:
+            part = data["prefix"]
+            end = row + len(part)
+            prefix[row:end], mask[row:end], pooled[row:end] = part, data["mask"], data["pooled"]
+            del part
+        row = end
+    return FeatureStore(folder, meta, keys, prefix, mask, pooled)
 
 
 @torch.inference_mode()
@@ -124,7 +127,8 @@ def extract_features(
         keep: output vectors kept per text (the largest m or n to be trained).
         max_length: tokens read (default: the model config's for that side).
         layer: store the hidden states entering encoder layer ``layer`` (0 = the embeddings) instead of the
-            outputs: the input of the layers trained above it (``query_tuned_layers``); use keep = max_length.
+            outputs: the input of the layers trained above it (``query_tuned_layers``, ``doc_tuned_layer``);
+            use keep = max_length. ``pooled`` is the mean of the frozen encoder's outputs either way.
     """
     if side not in ("query", "doc"):
         raise DiPairError(f"side must be 'query' or 'doc', got {side!r}")
@@ -173,7 +177,7 @@ def extract_features(
                     mask = F.pad(mask, (0, pad), value=False)
                 prefixes.append((prefix * mask.unsqueeze(-1)).to(torch.float16).numpy())
                 masks.append(mask.numpy())
-                pooled.append(_masked_mean(hidden, attention).float().numpy())
+                pooled.append(_masked_mean(outputs.last_hidden_state, attention).float().numpy())
                 bar.update(len(batch_keys))
             target = folder / f"chunk-{next_chunk:05d}.npz"
             tmp = target.with_name(target.stem + ".tmp.npz")

@@ -237,8 +237,8 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     import dataclasses
 
     from dipair_rerank.train import train_dipair
-    from dipair_rerank.train.cached import (CachedStage1Config, query_feature_layer, split_validation,
-                                            train_stage1_cached)
+    from dipair_rerank.train.cached import (CachedStage1Config, doc_feature_layer, query_feature_layer,
+                                            split_validation, train_stage1_cached)
     from dipair_rerank.train.distill import _replace_dir, _save_model_dir, _write_json, build_examples
     from dipair_rerank.train.features import extract_features
 
@@ -257,8 +257,11 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     q_name = f"query-L{mc.query_max_length}-k{q_keep}" if layer is None else f"query-L{mc.query_max_length}-in{layer}"
     queries = extract_features(model, [e.query for e in examples], features / q_name, side="query",
                                keep=q_keep if layer is None else mc.query_max_length, layer=layer)
+    d_layer = doc_feature_layer(model)  # a tuned document top layer: store its input, every token
+    d_name = f"doc-L{mc.doc_max_length}-k{d_keep}" if d_layer is None else f"doc-L{mc.doc_max_length}-in{d_layer}"
     docs = extract_features(model, list(dict.fromkeys(texts[d] for e in examples for d in e.docids)),
-                            features / f"doc-L{mc.doc_max_length}-k{d_keep}", side="doc", keep=d_keep)
+                            features / d_name, side="doc", keep=d_keep if d_layer is None else mc.doc_max_length,
+                            layer=d_layer)
     stage1 = CachedStage1Config(epochs=args.stage1_epochs, lr=args.stage1_lr, encoder_lr=args.encoder_lr,
                                 queries_per_step=args.queries_per_step,
                                 sample_candidates=args.sample_candidates, loss=args.loss,

@@ -112,3 +112,14 @@ def test_shared_query_scoring_equals_the_full_head_on_aligned_pairs(layers):
         full_first_query = model.score_prefixes(q_vectors[[0] * 7], q_mask[[0] * 7], d_vectors, d_mask)
     assert torch.allclose(shared, full, atol=1e-5)
     assert torch.allclose(single, full_first_query, atol=1e-5)
+
+
+def test_the_shipped_model_keeps_the_fingerprint_it_was_saved_with():
+    """Indexes record the fingerprint; a new config field must not silently invalidate every existing cache."""
+    from safetensors import safe_open
+
+    from dipair_rerank.model.default import SHIPPED_DIR
+    from dipair_rerank.model.modeling import WEIGHTS_NAME
+
+    with safe_open(str(SHIPPED_DIR / WEIGHTS_NAME), framework="pt") as handle:
+        assert load_model(None).fingerprint() == handle.metadata()["fingerprint"]
