@@ -7,10 +7,10 @@ import torch
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model import DiPairModel
 from dipair_rerank.model.modeling import WEIGHTS_NAME, top_layer_at_prefix
-from dipair_rerank.train.cached import (CachedStage1Config, doc_feature_layer, doc_vectors, split_validation,
-                                        train_stage1_cached)
+from dipair_rerank.train.cached import CachedStage1Config, doc_feature_layer, doc_vectors, train_stage1_cached
 from dipair_rerank.train.features import extract_features
 from tests.conftest import TINY_DOCS, tiny_config
+from tests.train.test_query_tuned import train_two_epochs
 from tests.train.test_train_cached import _examples
 
 DOC_TEXTS = [t for _, t in TINY_DOCS]
@@ -61,15 +61,7 @@ def test_layer_input_features_reproduce_the_document_branch(tmp_path):
 
 def test_only_the_document_layer_trains_keys_and_values_frozen_and_ships_as_a_delta(tmp_path):
     model = DiPairModel(tiny_config(doc_tuned_layer=True))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    examples = _examples()
-    train, val = split_validation(examples, 0.25, 0)
-    queries, docs = _stores(model, tmp_path, examples)
-    config = CachedStage1Config(epochs=2, lr=1e-2, encoder_lr=1e-2, queries_per_step=2, patience=5,
-                                warmup_steps=1, progress=False)
-    summary = train_stage1_cached(model, train, val, queries, docs, dict(TINY_DOCS), config, tmp_path / "out")
-    assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]
-    last = torch.load(tmp_path / "out" / "stage1-cached.pt", weights_only=True)["model"]
+    before, last, (train, val, queries, docs, config) = train_two_epochs(model, tmp_path, _stores)
     for name, value in before.items():
         if name.startswith("encoders."):
             assert torch.equal(value, model.state_dict()[name]), f"{name} is frozen but changed"

@@ -33,17 +33,24 @@ def test_layer_input_features_reproduce_the_query_tower(tmp_path):
     assert torch.allclose(vectors, reference.vectors, atol=2e-2)  # fp16-stored hidden states
 
 
-def test_only_the_tuned_layers_train_and_ship_as_a_delta(tmp_path):
-    model = DiPairModel(tiny_config(query_tuned_layers=1))
+def train_two_epochs(model, tmp_path, stores):
+    """Two cached stage-1 epochs of a tiny tuned model; (weights before, last checkpoint's weights, and what
+    resuming needs: train, val, queries, docs, config)."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     examples = _examples()
     train, val = split_validation(examples, 0.25, 0)
-    queries, docs = _stores(model, tmp_path, examples)
+    queries, docs = stores(model, tmp_path, examples)
     config = CachedStage1Config(epochs=2, lr=1e-2, encoder_lr=1e-2, queries_per_step=2, patience=5,
                                 warmup_steps=1, progress=False)
     summary = train_stage1_cached(model, train, val, queries, docs, dict(TINY_DOCS), config, tmp_path / "out")
     assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]
     last = torch.load(tmp_path / "out" / "stage1-cached.pt", weights_only=True)["model"]
+    return before, last, (train, val, queries, docs, config)
+
+
+def test_only_the_tuned_layers_train_and_ship_as_a_delta(tmp_path):
+    model = DiPairModel(tiny_config(query_tuned_layers=1))
+    before, last, (train, val, queries, docs, config) = train_two_epochs(model, tmp_path, _stores)
     tuned = model.tuned_layer_prefixes()
     assert tuned == ("encoders.0.encoder.layer.1.",)
     for name, value in before.items():
