@@ -98,8 +98,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads and Lucene batch threads")
     p.add_argument("--tag", default="dipair", help="run tag (last column)")
     p.add_argument("--query-backend", choices=("auto", "onnx", "onnx-int8", "torch"), default="auto",
-                   help="query encoder runtime (default auto: ONNX Runtime when installed, ~3x faster per query; "
-                   "onnx-int8: its int8-quantised copy, see eval/RESULTS.md)")
+                   help="runtime of the query encoder and the head (default auto: ONNX Runtime when installed, "
+                   "faster per query; onnx-int8: the query encoder int8-quantised, faster still but its rankings "
+                   "differ slightly from fp32, see eval/RESULTS.md; torch)")
     p.set_defaults(handler=_cmd_search)
 
 
@@ -404,7 +405,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long a busy service's batch waits for more requests (default 2; an idle one never waits)")
     p.add_argument("--query-backend", choices=("auto", "onnx", "onnx-int8", "torch"), default="auto",
-                   help="query encoder runtime (default auto: ONNX Runtime when installed)")
+                   help="runtime of the query encoder and the head (default auto: ONNX Runtime when installed)")
     p.set_defaults(handler=_cmd_serve)
 
 

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 QUERY_BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 
 SMALL_HEAD_CALL = 512
-"""Head calls over at most this many (query, document) pairs run on one torch thread. Why: torch's OpenMP
-workers spin-wait for each other, so when another process holds one of the cores a 2-thread call waits for a
+"""Head calls over at most this many (query, document) pairs run on one thread (torch's or ONNX Runtime's). Why:
+torch's OpenMP workers spin-wait for each other, so when another process holds one of the cores a 2-thread call waits for a
 descheduled worker (measured: 220 ms instead of 19 ms), while one query's head is too small to gain from a
 second thread. Batches above this size use every thread the re-ranker was given."""
 
@@ -94,8 +94,9 @@ class DiPairReranker:
         cache: the index's prefix cache.
         threads: torch (and ONNX Runtime) intra-op threads (None leaves torch's setting).
         timer: where per-stage timings go (a fresh StageTimer by default).
-        query_backend: "onnx" (ONNX Runtime, fastest for single queries), "onnx-int8" (its dynamically
-            quantised copy), "torch", or "auto" (onnx when installed).
+        query_backend: where the query-time graphs run: "onnx" (ONNX Runtime, for the query branch and the
+            head; fastest per query), "onnx-int8" (the same, with the query branch dynamically quantised),
+            "torch", or "auto" (onnx when installed).
         heap_slack_mb: how far the C heap may grow past its working size before it is trimmed (``_memory.py``;
             None: $DIPAIR_HEAP_SLACK_MB or 64). A long-running service sets it lower for a tighter RSS band.
     """
@@ -114,18 +115,21 @@ class DiPairReranker:
         self.cache = cache
         self.timer = timer or StageTimer()
         self._heap = HeapGuard(heap_slack_mb)  # flat RSS over many variable-size batches (see _memory.py)
-        self._encode_queries = self._query_encoder(query_backend, self.threads)
+        self._encode_queries, self._onnx_head = self._query_graphs(query_backend, self.threads)
 
-    def _query_encoder(self, backend: str, threads: int):
+    def _query_graphs(self, backend: str, threads: int):
+        """(query encoder, ONNX head or None for torch's) for ``backend``."""
+        from dipair_rerank.model.onnx_head import OnnxHead, head_exports
         from dipair_rerank.model.onnx_query import OnnxQueryEncoder, onnx_available
 
         if backend not in QUERY_BACKENDS:
             raise DiPairError(f"unknown query backend {backend!r} (choose {', '.join(QUERY_BACKENDS)})")
         if backend == "torch" or (backend == "auto" and not onnx_available()):
-            return self.model.encode_queries
+            return self.model.encode_queries, None
         if not onnx_available():
             raise DiPairError("query backend 'onnx' needs the onnx and onnxruntime packages (pip install onnx onnxruntime)")
-        return OnnxQueryEncoder(self.model, threads=threads, int8=backend == "onnx-int8")
+        head = OnnxHead(self.model, threads=threads, small_call=SMALL_HEAD_CALL) if head_exports(self.model) else None
+        return OnnxQueryEncoder(self.model, threads=threads, int8=backend == "onnx-int8"), head
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
@@ -164,9 +168,12 @@ class DiPairReranker:
 
     def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
         pairs = d_vectors.shape[0]
+        query_index = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+        if self._onnx_head is not None:
+            with self.timer.time("head", len(counts)):
+                return self._onnx_head(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
         with torch.inference_mode(), self.timer.time("head", len(counts)), \
                 torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.threads):
-            query_index = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
             return self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
 
     def warm_up(self, depth: int = 100) -> None:

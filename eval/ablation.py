@@ -48,17 +48,20 @@ SET_NAMES = ["scifact-train", "scifact-titles", "dl21", "dl22", "marco-dev"]
 
 
 @torch.inference_mode()
-def head_latency_ms(model: DiPairModel, candidates: int = 100, repeats: int = 50) -> float:
-    """p50 ms of one head call scoring ``candidates`` cached document blocks for one query."""
+def head_latency_ms(model: DiPairModel, candidates: int = 100, repeats: int = 50, score=None) -> float:
+    """p50 ms of one head call scoring ``candidates`` cached document blocks for one query (with ``score``, e.g.
+    an ``OnnxHead``, instead of ``model.score_prefixes``)."""
+    score = score or model.score_prefixes
     config = model.config
     q = torch.randn(1, config.query_slots, config.proj_dim)
     q_mask = torch.ones(1, config.query_slots, dtype=torch.bool)
     d = torch.randn(candidates, config.doc_slots, config.proj_dim)
     d_mask = torch.ones(candidates, config.doc_slots, dtype=torch.bool)
+    query_index = torch.zeros(candidates, dtype=torch.long)
     times = []
     for _ in range(repeats + 5):
         start = time.perf_counter()
-        model.score_prefixes(q, q_mask, d, d_mask)
+        score(q, q_mask, d, d_mask, query_index)
         times.append((time.perf_counter() - start) * 1000)
     return float(np.percentile(times[5:], 50))
 

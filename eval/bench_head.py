@@ -2,8 +2,9 @@
 
 For each shape (head layers x doc prefix n x width d_p; m = 8 and the pooled slots as shipped), one head call
 scoring ``--candidates`` cached blocks for one query, as ``DiPairReranker`` makes it (inference path, position 0
-only in the last layer), fp32 and bf16 autocast, at 1 and 2 torch threads. Random weights: only time matters
-here; quality per shape is in eval/RESULTS.md (ablation).
+only in the last layer), fp32 and bf16 autocast, at 1 and 2 torch threads, and for one-layer heads the same call
+on ONNX Runtime (``model/onnx_head.py``, what the re-ranker runs by default) at 1 thread. Random weights: only time
+matters here; quality per shape is in eval/RESULTS.md (ablation).
 
     python eval/bench_head.py [--candidates 100] [--calls 200]
 """
@@ -24,6 +25,7 @@ import torch
 from ablation import head_latency_ms
 from dipair_rerank.evaluate.report import format_table
 from dipair_rerank.model import DiPairConfig, DiPairModel, tiny_encoder_config
+from dipair_rerank.model.onnx_head import OnnxHead, head_exports
 
 
 def main() -> None:
@@ -43,6 +45,8 @@ def main() -> None:
             torch.set_num_threads(threads)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 row[f"{'bf16' if bf16 else 'fp32'} {threads}t ms"] = head_latency_ms(model, args.candidates, args.calls)
+        onnx = OnnxHead(model, threads=1) if head_exports(model) else None
+        row["onnx 1t ms"] = head_latency_ms(model, args.candidates, args.calls, score=onnx) if onnx else "-"
         rows.append(row)
     columns = list(rows[0])
     print(f"# bench_head  {time.strftime('%Y-%m-%d %H:%M')}  {args.candidates} candidates, m=8, p50 of "

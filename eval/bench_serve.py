@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         load_before = os.getloadavg()
 
         def variant(name: str, bodies: list[tuple[str, bytes]], count: int, warm: int) -> None:
+            if count <= 0:
+                return
             run_level(port, name, bodies, warm, 1)  # untimed: cache pages resident (docids), allocator, encoder
             for concurrency in args.concurrency:
                 beside = in_process[name] if concurrency == 1 else None

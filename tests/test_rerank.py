@@ -83,6 +83,31 @@ def test_onnx_query_backend_matches_torch(tiny_index):
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
+@pytest.fixture(scope="module")
+def one_layer_index(tiny_files, tmp_path_factory):
+    """The tiny corpus indexed with a one-layer-head model (the default shape: its head runs on ONNX Runtime)."""
+    from dipair_rerank.indexer import IndexOptions, build_index
+
+    root = tmp_path_factory.mktemp("one-layer")
+    model_dir = DiPairModel(tiny_config(head_layers=1, seed=5)).save_pretrained(root / "model")
+    build_index(tiny_files["corpus"], root / "index", model=model_dir,
+                options=IndexOptions(shard_rows=5, batch_size=4, threads=1, progress=False))
+    return root / "index"
+
+
+def test_onnx_head_reranks_as_the_torch_head(one_layer_index):
+    torch_backend = DiPairReranker.from_index(one_layer_index, query_backend="torch")
+    onnx_backend = DiPairReranker.from_index(one_layer_index, query_backend="onnx")
+    assert onnx_backend._onnx_head is not None and torch_backend._onnx_head is None
+    docids = [d for d, _ in TINY_DOCS]
+    queries = ["pets", "quantum qubits and entangled particles in a lab"]
+    expected = torch_backend.rerank_batch(queries, [docids, docids[:5]])
+    got = onnx_backend.rerank_batch(queries, [docids, docids[:5]])
+    for want, have in zip(expected, got):
+        assert [h.docid for h in have] == [h.docid for h in want]
+        assert [h.score for h in have] == pytest.approx([h.score for h in want], abs=1e-4)
+
+
 def test_exporting_the_query_branch_leaves_the_model_in_eval_mode(tiny_model, tmp_path):
     from dipair_rerank.model.onnx_query import export_query_branch
 
@@ -96,7 +121,7 @@ def test_int8_query_backend_runs_a_quantised_graph_close_to_fp32(tiny_index):
 
     fp32 = DiPairReranker.from_index(tiny_index, query_backend="onnx")
     int8 = DiPairReranker.from_index(tiny_index, query_backend="onnx-int8")
-    assert list((cache_dir() / "onnx").glob("*-int8.onnx"))
+    assert list((cache_dir() / "onnx").glob("*-int8-per-channel.onnx"))
     docids = [d for d, _ in TINY_DOCS]
     expected = {h.docid: h.score for h in fp32.rerank("quantum qubits", docids)}
     got = {h.docid: h.score for h in int8.rerank("quantum qubits", docids)}

@@ -1,0 +1,45 @@
+"""The one-layer head on ONNX Runtime gives the torch head's scores, for one query and for many; deeper heads
+stay on torch."""
+
+import pytest
+import torch
+
+from dipair_rerank.model import DiPairModel
+from dipair_rerank.model.onnx_head import OnnxHead, export_head, head_exports
+from tests.conftest import tiny_config
+
+
+def _blocks(model: DiPairModel, queries: int, pairs: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    q_vectors = torch.randn(queries, config.query_slots, config.proj_dim, generator=generator)
+    d_vectors = torch.randn(pairs, config.doc_slots, config.proj_dim, generator=generator)
+    q_mask = torch.ones(queries, config.query_slots, dtype=torch.bool)
+    q_mask[:, 2:-1] = torch.rand(queries, config.query_slots - 3, generator=generator) > 0.4  # some short queries
+    d_mask = torch.ones(pairs, config.doc_slots, dtype=torch.bool)
+    d_mask[:, 1:-1] = torch.rand(pairs, config.doc_slots - 2, generator=generator) > 0.4
+    query_index = torch.randint(queries, (pairs,), generator=generator).sort().values
+    return q_vectors, q_mask, d_vectors, d_mask, query_index
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_onnx_head_scores_equal_the_torch_head(queries):
+    model = DiPairModel(tiny_config(head_layers=1, seed=3)).eval()
+    blocks = _blocks(model, queries, pairs=40)
+    onnx_head = OnnxHead(model, threads=2, small_call=16)  # 40 pairs: the two-thread session
+    with torch.inference_mode():
+        expected = model.score_prefixes(*blocks)
+    assert onnx_head(*blocks).numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+    assert OnnxHead(model, threads=1)(*blocks).numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+
+
+def test_exporting_the_head_leaves_the_model_in_eval_mode(tmp_path):
+    model = DiPairModel(tiny_config(head_layers=1)).eval()
+    export_head(model, tmp_path / "head.onnx")
+    assert (tmp_path / "head.onnx").is_file() and not list(tmp_path.glob(".*tmp"))
+    assert not any(module.training for module in model.modules())
+
+
+def test_only_one_layer_heads_are_exported():
+    assert head_exports(DiPairModel(tiny_config(head_layers=1)))
+    assert not head_exports(DiPairModel(tiny_config(head_layers=2)))
