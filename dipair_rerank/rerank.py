@@ -28,10 +28,10 @@ logger = logging.getLogger(__name__)
 QUERY_BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 
 SMALL_HEAD_CALL = 512
-"""Head calls over at most this many (query, document) pairs run on one thread (torch's or ONNX Runtime's). Why:
-torch's OpenMP workers spin-wait for each other, so when another process holds one of the cores a 2-thread call waits for a
-descheduled worker (measured: 220 ms instead of 19 ms), while one query's head is too small to gain from a
-second thread. Batches above this size use every thread the re-ranker was given."""
+"""Head calls over at most this many (query, document) pairs run on one thread (torch's or ONNX Runtime's).
+Why: torch's OpenMP workers spin-wait for each other, so when another process holds one of the cores a 2-thread
+call waits for a descheduled worker (measured: 220 ms instead of 19 ms), while one query's head is too small to
+gain from a second thread. Batches above this size use every thread the re-ranker was given."""
 
 
 @contextmanager
