@@ -66,11 +66,11 @@ def export_query_branch(model: DiPairModel, path: Path) -> Path:
     """Write the query branch as ONNX (dynamic batch and length), atomically."""
     length = model.config.query_prefix + 4
     example = (torch.ones(2, length, dtype=torch.long), torch.ones(2, length, dtype=torch.long))
-    by_batch = {0: "batch"}
+    tokens, rows = {0: "batch", 1: "length"}, {0: "batch"}
     return export_graph(_QueryBranch(model.eval()), example, path, inputs=["input_ids", "attention_mask"],
                         outputs=["vectors", "mask", "pooled"],
-                        dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-                                      "vectors": by_batch, "mask": by_batch, "pooled": by_batch})
+                        dynamic_axes={"input_ids": tokens, "attention_mask": tokens, "vectors": rows, "mask": rows,
+                                      "pooled": rows})
 
 
 def inference_session(path: Path, threads: int):
