@@ -116,6 +116,39 @@ def test_exporting_the_query_branch_leaves_the_model_in_eval_mode(tiny_model, tm
     assert not tiny_model.training and not any(m.training for m in tiny_model.modules())
 
 
+def test_query_graph_is_fused_with_the_traced_graphs_outputs(tiny_model, tmp_path):
+    import numpy as np
+    import onnx
+
+    from dipair_rerank.model.onnx_query import export_query_branch, inference_session
+
+    fused = export_query_branch(tiny_model, tmp_path / "fused.onnx")
+    traced = export_query_branch(tiny_model, tmp_path / "traced.onnx", fuse=False)
+    assert "Attention" in {node.op_type for node in onnx.load(str(fused)).graph.node}
+    assert "Attention" not in {node.op_type for node in onnx.load(str(traced)).graph.node}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx", "traced.onnx"]  # no temporary left
+    ids = np.array([[101, 2054, 2003, 1037, 23924, 2102, 102], [101, 4013, 102, 0, 0, 0, 0]])
+    feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+    for got, want in zip(inference_session(fused, 1).run(None, feed), inference_session(traced, 1).run(None, feed)):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert not tiny_model.query_encoder.config._attn_implementation == "eager"  # restored after tracing
+
+
+def test_a_query_graph_the_optimiser_fails_on_is_kept_as_traced(tiny_model, tmp_path, monkeypatch):
+    import onnx
+    import onnxruntime.transformers.optimizer as optimizer
+
+    from dipair_rerank.model.onnx_query import export_query_branch
+
+    def broken(*args, **kwargs):
+        raise ValueError("unknown pattern")
+
+    monkeypatch.setattr(optimizer, "optimize_model", broken)
+    path = export_query_branch(tiny_model, tmp_path / "query.onnx")
+    assert "Attention" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert [p.name for p in tmp_path.iterdir()] == ["query.onnx"]
+
+
 def test_int8_query_backend_runs_a_quantised_graph_close_to_fp32(tiny_index):
     from dipair_rerank.model.onnx_query import cache_dir
 
