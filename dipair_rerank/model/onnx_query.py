@@ -4,7 +4,7 @@ For one short query the PyTorch encoder spends most of its time in per-op dispat
 graph about 3x faster on CPU (measured in eval/bench_latency.py) with outputs equal to 1e-5. The graph is
 exported once per model (keyed by its fingerprint) into ``$DIPAIR_CACHE`` (default ``~/.cache/dipair-rerank``),
 with attention traced as explicit ops so that ONNX Runtime's BERT optimiser can fuse each layer's attention,
-layer norms and GELU (746 nodes -> 84 for the default model, ~1.2x faster per query: eval/query_encoder_floor.py).
+layer norms and GELU (746 nodes -> 84 for the default model, ~1.1x faster per query: eval/query_encoder_floor.py).
 """
 
 from __future__ import annotations
