@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from dipair_rerank.data import read_run, read_topics, shared_data_dir
-from dipair_rerank.evaluate.report import format_table
+from dipair_rerank.evaluate.report import format_table, publish_report
 
 START_TIMEOUT = 600
 IDLE_RECONNECT_S = 4.0  # uvicorn closes a kept-alive connection idle for 5 s: a client must not reuse it
@@ -361,9 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(report)
-    print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    publish_report(text, args.output)
     Path(args.json).write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "levels": rows,
         "memory": {"ready_mb": rss_ready, "before_mb": rss_before, "after_mb": rss_after, "after_texts_mb": rss_texts,

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from dipair_rerank.data import read_topics, shared_data_dir
+from dipair_rerank.evaluate.report import publish_report
 
 
 def tower_matrices(model) -> list[np.ndarray]:
@@ -177,9 +178,7 @@ def main() -> None:
     if nbits is None:
         lines.append("| MatMulNBits 8-bit, block 32 | not run (pip install onnx-ir) |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    publish_report(text, args.output)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_serve import Server, connect, post
 from dipair_rerank.data import read_run, read_topics, shared_data_dir
+from dipair_rerank.evaluate.report import publish_report
 
 CANNED = json.dumps({"results": [{"index": i, "docid": str(i), "relevance_score": 0.5} for i in range(100)],
                      "timing_ms": {"total": 1.0}, "batch_size": 1}).encode()
@@ -225,9 +225,7 @@ def main() -> None:
           for client, ms in by_client.items()),
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    publish_report(text, args.output)
 
 
 if __name__ == "__main__":

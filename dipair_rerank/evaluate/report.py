@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from dipair_rerank.evaluate.latency import STAGES
 from dipair_rerank.evaluate.metrics import MeasureValue
@@ -30,3 +31,10 @@ def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     out += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+def publish_report(text: str, path: str | Path) -> None:
+    """Print a benchmark's report and save it where eval/RESULTS.md points to it."""
+    print(text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
