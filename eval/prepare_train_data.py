@@ -17,12 +17,11 @@ import argparse
 import json
 import logging
 import os
-import random
-import re
 import shutil
 from pathlib import Path
 
 from dipair_rerank.data import read_corpus, read_qrels, read_run, read_topics, shared_data_dir, write_run
+from dipair_rerank.train.pseudo_queries import cropped_queries
 
 logger = logging.getLogger("prepare_train_data")
 
@@ -103,42 +102,6 @@ def _write_set(folder: Path, topics: dict[str, str], run, qrels=None, corpus: Pa
     logger.info("%s: %d queries, %d pairs", folder.name, len(run), sum(len(h) for h in run.values()))
 
 
-# Lucene's English stop words: a crop does not start or end on one.
-STOP_WORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
-                       "there these they this to was will with".split())
-
-
-def cropped_queries(corpus: Path, count: int, seed: int = 0, shortest: int = 3, longest: int = 8
-                    ) -> dict[str, str]:
-    """Pseudo-queries cut from passages: a random span of one random sentence, trimmed of stop words at both
-    ends, ``shortest``..``longest`` words with at least two content words, from up to ``count`` passages drawn at
-    random (independent cropping, as Contriever trains without queries).
-
-    Why: the MS MARCO dev-subset queries meet the DL21/DL22 pools' passages as strangers (their BM25 candidates
-    are mostly off topic), while a crop's candidates are the passages of its own topic, the near misses DL19's
-    BM25 top 100 is made of. The teacher labels them; the source passage is not marked relevant.
-    """
-    passages = [(doc.docid, doc.text) for doc in read_corpus(corpus)]
-    rng = random.Random(seed)
-    queries: dict[str, str] = {}
-    for docid, text in rng.sample(passages, min(count, len(passages))):
-        sentences = [words for sentence in re.split(r"(?<=[.!?])\s+", text)
-                     if len(words := re.findall(r"[\w'-]+", sentence.lower())) >= shortest]
-        for _ in range(5 if sentences else 0):
-            words = rng.choice(sentences)
-            length = rng.randint(shortest, min(longest, len(words)))
-            start = rng.randint(0, len(words) - length)
-            span = words[start : start + length]
-            while span and span[0] in STOP_WORDS:
-                span = span[1:]
-            while span and span[-1] in STOP_WORDS:
-                span = span[:-1]
-            if len(span) >= shortest and sum(word not in STOP_WORDS for word in span) >= 2:
-                queries[f"crop-{docid}"] = " ".join(span)
-                break
-    return queries
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="eval/work/train")
@@ -184,9 +147,11 @@ def main() -> None:
     topics = read_topics(data / "msmarco-dev-subset/queries.tsv")
     _write_set(sets / "marco-dev", topics, _bm25(pool_index, topics, args.depth, args.threads), None, pool_corpus)
 
-    # Cropped pseudo-queries from the pools' passages, against the pools (no qrels: the teacher labels them).
+    # Cropped pseudo-queries from the pools' passages, against the pools (no qrels: the teacher labels them). The
+    # dev-subset queries above meet these passages as strangers (their candidates are mostly off topic); a crop's
+    # candidates are the other passages of its own topic, the near misses DL19's BM25 top 100 is made of.
     if not (sets / "marco-crops" / "candidates.trec").is_file():
-        topics = cropped_queries(pool_corpus, args.crops)
+        topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(pool_corpus)), args.crops)
         _write_set(sets / "marco-crops", topics, _bm25(pool_index, topics, args.depth, args.threads), None,
                    pool_corpus)
 

@@ -8,6 +8,7 @@ from dipair_rerank.train.distill import TrainConfig, read_train_state, train_dip
 from dipair_rerank.train.features import FeatureStore, extract_features
 from dipair_rerank.train.fusion import fit_weights, fuse, fusion_teacher, parse_scorers, zscore
 from dipair_rerank.train.losses import label_loss, listwise_kl, pointwise_mse
+from dipair_rerank.train.pseudo_queries import cropped_queries
 from dipair_rerank.train.teacher import score_candidates
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "TeacherTrainConfig",
     "TrainConfig",
     "build_pairs",
+    "cropped_queries",
     "extract_features",
     "fit_weights",
     "fuse",
