@@ -150,10 +150,8 @@ def main() -> None:
     # Cropped pseudo-queries from the pools' passages, against the pools (no qrels: the teacher labels them). The
     # dev-subset queries above meet these passages as strangers (their candidates are mostly off topic); a crop's
     # candidates are the other passages of its own topic, the near misses DL19's BM25 top 100 is made of.
-    if not (sets / "marco-crops" / "candidates.trec").is_file():
-        topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(pool_corpus)), args.crops)
-        _write_set(sets / "marco-crops", topics, _bm25(pool_index, topics, args.depth, args.threads), None,
-                   pool_corpus)
+    topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(pool_corpus)), args.crops)
+    _write_set(sets / "marco-crops", topics, _bm25(pool_index, topics, args.depth, args.threads), None, pool_corpus)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # Training data (issue 3): SciFact TRAIN queries + SciFact title pseudo-queries over the SciFact corpus; DL21
 # (graded qrels) and DL22 queries with their BM25 runs; MS MARCO dev-subset queries and cropped pseudo-queries
 # (spans of the pools' own passages) against the DL21+DL22 passage pools. Never SciFact test, never DL19.
-# Every step is idempotent/resumable; work files go to
-# eval/work/ (git-ignored). Teacher: BM25 + all-MiniLM-L6-v2 + SPLADE-tiny, weights fitted per domain.
+# Every step is idempotent/resumable; work files go to eval/work/ (git-ignored). Teacher: BM25 +
+# all-MiniLM-L6-v2 + SPLADE-tiny, weights fitted per domain.
 # THREADS=1 when another job shares the CPU (2 torch threads on 1 free core run 4x slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,8 +64,7 @@ done
 #    the title pseudo-queries and ALL 53 DL21 queries (graded qrels), 10% / 5% / 5% of DL22 / MS MARCO dev / the
 #    crops (teacher agreement only). DOC_LAYER=1 also trains a copy of the document tower's top layer at the n
 #    kept positions (keys/values frozen; the caches must then be rebuilt with the new model). SHAPE sets the rest
-#    of the shape
-#    (the default model's is chosen in eval/RESULTS.md).
+#    of the shape (the default model's is chosen in eval/RESULTS.md).
 NAME=${NAME:-default}
 QUERY_LAYERS=${QUERY_LAYERS:-2}
 SHAPE=${SHAPE:-"--set head_layers=1 --set doc_prefix=8"}
