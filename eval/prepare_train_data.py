@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=30, help="BM25 candidates per training query")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--crops", type=int, default=6000, help="cropped pseudo-queries from the DL21/DL22 pools")
+    parser.add_argument("--scifact-crops", type=int, default=0,
+                        help="claim-length cropped pseudo-queries from SciFact (0: none; measured, not shipped)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data = shared_data_dir()
@@ -135,6 +137,11 @@ def main() -> None:
     title_qrels = {q: {q[1:]: 1} for q in titles}
     _write_set(sets / "scifact-titles", titles, _bm25(scifact_index, titles, args.depth, args.threads),
                title_qrels, scifact_corpus)
+    if args.scifact_crops:  # spans of the abstracts, claim-length (SciFact's queries are claims); no qrels
+        topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(scifact_corpus)), args.scifact_crops,
+                                 shortest=5, longest=14)
+        _write_set(sets / "scifact-crops", topics, _bm25(scifact_index, topics, args.depth, args.threads), None,
+                   scifact_corpus)
 
     # DL21 (graded qrels) and DL22 (none) with their shared BM25 runs.
     for name, qrels_file in (("msmarco-v2-dl21", "qrels.txt"), ("msmarco-v2-dl22", None)):

@@ -19,8 +19,12 @@ D=${DIPAIR_DATA:-../shared/data}
 dipair-rerank fetch-teachers --models splade-tiny
 
 # 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora); 6,000 cropped
-#    pseudo-queries from the DL21/DL22 pools (issue 10, lever c)
-python eval/prepare_train_data.py --work $W --depth 30
+#    pseudo-queries from the DL21/DL22 pools (issue 10, lever c). SCIFACT_CROPS=N adds N cropped pseudo-queries
+#    from SciFact abstracts (measured in eval/RESULTS.md, not in the shipped recipe)
+SCIFACT_CROPS=${SCIFACT_CROPS:-0}
+EXTRA_SETS=""; EXTRA_VAL=""
+if [ "$SCIFACT_CROPS" != 0 ]; then EXTRA_SETS="scifact-crops"; EXTRA_VAL="0.05"; fi
+python eval/prepare_train_data.py --work $W --depth 30 --scifact-crops "$SCIFACT_CROPS"
 
 # 2. frozen-encoder features of every training query/document (stage-1 inputs; m<=16, n<=32 for the ablation);
 #    DOC_LAYER=1 also stores every passage token's input to the top layer (~5.5 GB), for a trained document layer
@@ -51,7 +55,7 @@ PY
 cat eval/teacher.json
 
 # 5. teacher scores for every training set (SciFact sets: SciFact weights; MS MARCO sets: DL21 weights)
-for set in scifact-train scifact-titles dl21 dl22 marco-dev marco-crops; do
+for set in scifact-train scifact-titles dl21 dl22 marco-dev marco-crops $EXTRA_SETS; do
   case $set in scifact-*) key=scifact ;; *) key=msmarco ;; esac
   weights=$(python -c "import json; print(json.load(open('eval/teacher.json'))['$key'])")
   dipair-rerank teacher-scores --topics $S/$set/topics.tsv --candidates $S/$set/candidates.trec \
@@ -68,7 +72,7 @@ done
 NAME=${NAME:-default}
 QUERY_LAYERS=${QUERY_LAYERS:-2}
 SHAPE=${SHAPE:-"--set head_layers=1 --set doc_prefix=8"}
-SETS="scifact-train scifact-titles dl21 dl22 marco-dev marco-crops"
+SETS="scifact-train scifact-titles dl21 dl22 marco-dev marco-crops $EXTRA_SETS"
 TOPICS=(); CANDS=(); CORPUS=(); QRELS=(); TEACH=()
 for set in $SETS; do
   TOPICS+=($S/$set/topics.tsv); CANDS+=($S/$set/candidates.trec); CORPUS+=($S/$set/corpus)
@@ -81,7 +85,7 @@ dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 3
     --teacher "${TEACH[@]}" --output $W/$NAME --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
     --set query_tuned_layers=$QUERY_LAYERS --set doc_tuned_layer=$DOC_LAYER $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
     --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
-    --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
+    --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 $EXTRA_VAL --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
 
 # 7. ship it (head + projections + the tuned query layers as an fp16 delta + tokenizer; the rest of the encoder is
 #    the packaged MiniLM). SHIP=0 trains without replacing the shipped model (ablation runs).
