@@ -102,6 +102,14 @@ def _write_set(folder: Path, topics: dict[str, str], run, qrels=None, corpus: Pa
     logger.info("%s: %d queries, %d pairs", folder.name, len(run), sum(len(h) for h in run.values()))
 
 
+def _write_crops(folder: Path, corpus: Path, index: Path, count: int, depth: int, threads: int, **lengths: int
+                 ) -> None:
+    """A set of ``count`` cropped pseudo-queries from ``corpus``, with BM25 candidates from ``index`` (no qrels:
+    the teacher labels them)."""
+    topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(corpus)), count, **lengths)
+    _write_set(folder, topics, _bm25(index, topics, depth, threads), None, corpus)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="eval/work/train")
@@ -137,11 +145,9 @@ def main() -> None:
     title_qrels = {q: {q[1:]: 1} for q in titles}
     _write_set(sets / "scifact-titles", titles, _bm25(scifact_index, titles, args.depth, args.threads),
                title_qrels, scifact_corpus)
-    if args.scifact_crops:  # spans of the abstracts, claim-length (SciFact's queries are claims); no qrels
-        topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(scifact_corpus)), args.scifact_crops,
-                                 shortest=5, longest=14)
-        _write_set(sets / "scifact-crops", topics, _bm25(scifact_index, topics, args.depth, args.threads), None,
-                   scifact_corpus)
+    if args.scifact_crops:  # spans of the abstracts, claim-length (SciFact's queries are claims)
+        _write_crops(sets / "scifact-crops", scifact_corpus, scifact_index, args.scifact_crops, args.depth,
+                     args.threads, shortest=5, longest=14)
 
     # DL21 (graded qrels) and DL22 (none) with their shared BM25 runs.
     for name, qrels_file in (("msmarco-v2-dl21", "qrels.txt"), ("msmarco-v2-dl22", None)):
@@ -154,11 +160,10 @@ def main() -> None:
     topics = read_topics(data / "msmarco-dev-subset/queries.tsv")
     _write_set(sets / "marco-dev", topics, _bm25(pool_index, topics, args.depth, args.threads), None, pool_corpus)
 
-    # Cropped pseudo-queries from the pools' passages, against the pools (no qrels: the teacher labels them). The
-    # dev-subset queries above meet these passages as strangers (their candidates are mostly off topic); a crop's
-    # candidates are the other passages of its own topic, the near misses DL19's BM25 top 100 is made of.
-    topics = cropped_queries(((doc.docid, doc.text) for doc in read_corpus(pool_corpus)), args.crops)
-    _write_set(sets / "marco-crops", topics, _bm25(pool_index, topics, args.depth, args.threads), None, pool_corpus)
+    # Cropped pseudo-queries from the pools' passages, against the pools. The dev-subset queries above meet these
+    # passages as strangers (their candidates are mostly off topic); a crop's candidates are the other passages of
+    # its own topic, the near misses DL19's BM25 top 100 is made of.
+    _write_crops(sets / "marco-crops", pool_corpus, pool_index, args.crops, args.depth, args.threads)
 
 
 if __name__ == "__main__":
