@@ -20,11 +20,12 @@ dipair-rerank fetch-teachers --models splade-tiny
 
 # 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora); 6,000 cropped
 #    pseudo-queries from the DL21/DL22 pools (issue 10, lever c). SCIFACT_CROPS=N adds N cropped pseudo-queries
-#    from SciFact abstracts (measured in eval/RESULTS.md, not in the shipped recipe)
+#    from SciFact abstracts (measured in eval/RESULTS.md, not in the shipped recipe); CROPS sets the MS MARCO count
 SCIFACT_CROPS=${SCIFACT_CROPS:-0}
+CROPS=${CROPS:-6000}
 EXTRA_SETS=""; EXTRA_VAL=""
 if [ "$SCIFACT_CROPS" != 0 ]; then EXTRA_SETS="scifact-crops"; EXTRA_VAL="0.05"; fi
-python eval/prepare_train_data.py --work $W --depth 30 --scifact-crops "$SCIFACT_CROPS"
+python eval/prepare_train_data.py --work $W --depth 30 --crops "$CROPS" --scifact-crops "$SCIFACT_CROPS"
 
 # 2. frozen-encoder features of every training query/document (stage-1 inputs; m<=16, n<=32 for the ablation);
 #    DOC_LAYER=1 also stores every passage token's input to the top layer (~5.5 GB), for a trained document layer
