@@ -34,7 +34,7 @@ def encode_documents(
     truncated = sum(1 for encoding in encodings if encoding.overflowing)
     order = np.argsort([len(ids) for ids in input_ids], kind="stable")
     count = len(texts)
-    vectors = np.empty((count, config.doc_slots, config.proj_dim), dtype=np.float16)
+    vectors = np.empty((count, model.doc_block_slots, config.proj_dim), dtype=np.float16)
     lengths = np.empty(count, dtype=np.uint16)
     pooled = np.empty((count, model.hidden_size), dtype=np.float32)
     with torch.inference_mode():

@@ -121,7 +121,7 @@ def cache_writer(model: DiPairModel, staging: Path, options: IndexOptions) -> Ca
         staging / "dipair",
         model_fingerprint=model.fingerprint(),
         model_config=model.config.to_dict(),
-        slots=model.config.doc_slots,
+        slots=model.doc_block_slots,
         dim=model.config.proj_dim,
         shard_rows=options.shard_rows,
         codec_name=options.codec,
@@ -289,7 +289,7 @@ def build_index(
     fingerprint = model.fingerprint()
     codec_params = options.codec_params(model)
     # bad codec options (e.g. --pq-m not dividing d_p) fail here, before anything is written
-    make_codec(options.codec, model.config.doc_slots, model.config.proj_dim, params=codec_params)
+    make_codec(options.codec, model.doc_block_slots, model.config.proj_dim, params=codec_params)
     staging = _staging_dir(index_dir)
     state = {
         "corpus": source.spec,

@@ -52,7 +52,7 @@ def cache_build(model, texts: list[str], batch_size: int, folder: Path) -> float
     start = time.perf_counter()
     encoded = encode_documents(model, texts, batch_size=batch_size)
     writer = CacheWriter(folder, model_fingerprint=model.fingerprint(), model_config={},
-                         slots=model.config.doc_slots, dim=model.config.proj_dim, shard_rows=len(texts))
+                         slots=model.doc_block_slots, dim=model.config.proj_dim, shard_rows=len(texts))
     writer.write_shard(0, encoded.vectors, encoded.lengths)
     writer.finish([f"d{i}" for i in range(len(texts))])
     return len(texts) / (time.perf_counter() - start)
@@ -166,7 +166,7 @@ def main() -> None:
         for count, codec in ((args.small_rows, "fp16"), *((args.big_rows, codec) for codec in CODECS)):
             folder = Path(scratch) / f"synthetic-{count}-{codec}"
             params = IndexOptions(codec=codec).codec_params(model)  # as `index --codec CODEC` builds it
-            synth_cache(folder, count, model.config.doc_slots, model.config.proj_dim, codec, params)
+            synth_cache(folder, count, model.doc_block_slots, model.config.proj_dim, codec, params)
             size_gb = sum(p.stat().st_size for p in folder.iterdir()) / 1e9
             memory.append({"cached docs": count, "codec": codec, "cache GB": size_gb, **probe(folder, args.queries)})
             if count == args.big_rows:  # 4.4 GB in fp16: free the disk before the next codec

@@ -53,12 +53,13 @@ class Candidates:
 
     def ndcg(self, blocks: np.ndarray) -> float:
         config = self.model.config
-        is_prefix = torch.arange(config.doc_slots) < config.doc_prefix
+        slots = torch.arange(self.model.doc_block_slots)
+        is_prefix = slots < config.doc_prefix
         run = {}
         with torch.inference_mode():
             for i, qid in enumerate(self.qids):
                 lengths = torch.from_numpy(self.lengths[self.rows[i]].astype(np.int64))
-                mask = (torch.arange(config.doc_slots) < lengths.unsqueeze(1)) | ~is_prefix
+                mask = (slots < lengths.unsqueeze(1)) | ~is_prefix
                 scores = self.model.score_prefixes(self.queries.vectors[i : i + 1], self.queries.mask[i : i + 1],
                                                    torch.from_numpy(blocks[self.rows[i]]), mask)
                 run[qid] = list(zip(self.docids[i], scores.tolist()))

@@ -72,6 +72,7 @@ done
 #    of the shape (the default model's is chosen in eval/RESULTS.md).
 NAME=${NAME:-default}
 QUERY_LAYERS=${QUERY_LAYERS:-2}
+FULL_RESIDUAL=${FULL_RESIDUAL:-1}  # the residual is the bi-encoder's own full-width cosine (0: the projected one)
 SHAPE=${SHAPE:-"--set head_layers=1 --set doc_prefix=8"}
 SETS="scifact-train scifact-titles dl21 dl22 marco-dev marco-crops $EXTRA_SETS"
 TOPICS=(); CANDS=(); CORPUS=(); QRELS=(); TEACH=()
@@ -84,7 +85,8 @@ done
 dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 32 \
     --topics "${TOPICS[@]}" --candidates "${CANDS[@]}" --corpus "${CORPUS[@]}" --qrels "${QRELS[@]}" \
     --teacher "${TEACH[@]}" --output $W/$NAME --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
-    --set query_tuned_layers=$QUERY_LAYERS --set doc_tuned_layer=$DOC_LAYER $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
+    --set query_tuned_layers=$QUERY_LAYERS --set doc_tuned_layer=$DOC_LAYER \
+    --set full_width_residual=$FULL_RESIDUAL $SHAPE --encoder-lr ${ENCODER_LR:-5e-5} \
     --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
     --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 $EXTRA_VAL --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
 

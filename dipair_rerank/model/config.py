@@ -40,6 +40,10 @@ class DiPairConfig:
         pooled_slot: append the mean-pooled encoder output as one more kept vector on each side.
         similarity_residual: add ``scale * cos(query pooled, doc pooled)`` to the head's score, so an
             untrained head starts from the bi-encoder's ranking and training learns the correction.
+        full_width_residual: that cosine is taken between the full-width pooled outputs (the exact bi-encoder
+            score) instead of the projected pooled slots, which lose part of the bi-encoder's ranking. Each block
+            then carries the normalised pooled vector as ceil(hidden / d_p) extra rows after the head's rows
+            (+768 B per cached passage for MiniLM in fp16).
         proj_dim: d_p, width after projection (and of the head).
         head_layers / head_heads / head_ffn: the transformer head reading [query; doc].
         query_max_length / doc_max_length: tokens the encoders read (the kept prefix summarises them).
@@ -55,6 +59,7 @@ class DiPairConfig:
     doc_prefix: int = 16
     pooled_slot: bool = True
     similarity_residual: bool = True
+    full_width_residual: bool = False
     proj_dim: int = 128
     head_layers: int = 2
     head_heads: int = 4

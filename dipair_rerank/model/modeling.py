@@ -35,6 +35,9 @@ ENCODER_PREFIX = "encoders."
 DOC_LAYER_PREFIX = "doc_top_layer."
 
 
+_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual")
+
+
 class Prefix(NamedTuple):
     """Kept, projected vectors of a batch of texts: ``vectors`` [B, slots, d_p], ``mask`` [B, slots] (True=real)."""
 
@@ -144,6 +147,8 @@ class DiPairModel(nn.Module):
             )
             hidden = self.encoders[0].config.hidden_size
             self.hidden_size = hidden
+            # rows of d_p after the head's rows that carry the normalised full-width pooled vector
+            self.residual_rows = -(-hidden // config.proj_dim) if config.full_width_residual else 0
             # a copy of the frozen top layer, trained to make the kept document prefix (see top_layer_at_prefix)
             self.doc_top_layer = copy.deepcopy(self.doc_encoder.encoder.layer[-1]) if config.doc_tuned_layer else None
             self.query_projection = nn.Linear(hidden, config.proj_dim)
@@ -218,7 +223,29 @@ class DiPairModel(nn.Module):
         if self.config.pooled_slot:
             prefix = torch.cat([prefix, pooled.unsqueeze(1)], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        return Prefix(projection(prefix.float()), mask, F.normalize(pooled.float(), dim=-1))
+        normalised = F.normalize(pooled.float(), dim=-1)
+        return Prefix(*self.with_residual_rows(projection(prefix.float()), mask, normalised), normalised)
+
+    def with_residual_rows(self, vectors: torch.Tensor, mask: torch.Tensor, normalised_pooled: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks [B, slots, d_p] with the full-width pooled vectors appended as ``residual_rows`` more rows
+        (``full_width_residual``; unchanged otherwise)."""
+        if not self.residual_rows:
+            return vectors, mask
+        width = self.residual_rows * self.config.proj_dim
+        rows = F.pad(normalised_pooled.to(vectors.dtype), (0, width - normalised_pooled.shape[-1]))
+        rows = rows.view(-1, self.residual_rows, self.config.proj_dim)
+        return torch.cat([vectors, rows], dim=1), torch.cat([mask, mask.new_ones(mask.shape[0], self.residual_rows)], 1)
+
+    @property
+    def query_block_slots(self) -> int:
+        """Rows of one query block: the head's, plus the full-width pooled vector's."""
+        return self.config.query_slots + self.residual_rows
+
+    @property
+    def doc_block_slots(self) -> int:
+        """Rows of one cached document block: the head's, plus the full-width pooled vector's."""
+        return self.config.doc_slots + self.residual_rows
 
     def encode_queries(self, batch: dict[str, torch.Tensor]) -> Prefix:
         return self._encode(self.query_encoder, self.query_projection, batch, self.config.query_prefix)
@@ -231,8 +258,8 @@ class DiPairModel(nn.Module):
     def document_blocks(self, vectors: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Head inputs from stored document rows (a cache gather, or ``encode_documents`` for plain texts):
         float vectors [k, slots, d_p] (a copy: the cache reuses its buffer) and the mask of real slots (the
-        first ``lengths`` prefix slots, plus the pooled slot)."""
-        slots = torch.arange(self.config.doc_slots)
+        first ``lengths`` prefix slots, plus the pooled slot and any residual rows)."""
+        slots = torch.arange(self.doc_block_slots)
         lengths_t = torch.from_numpy(lengths.astype(np.int64))
         mask = (slots < lengths_t.unsqueeze(1)) | (slots >= self.config.doc_prefix)
         return torch.from_numpy(vectors).float(), mask
@@ -255,6 +282,15 @@ class DiPairModel(nn.Module):
         batch = d_vectors.shape[0]
         if query_index is None:
             query_index = torch.zeros(batch, dtype=torch.long) if q_vectors.shape[0] == 1 else torch.arange(batch)
+        q_slots, d_slots = self.config.query_slots, self.config.doc_slots
+        if self.residual_rows:  # the full-width pooled vectors ride in the blocks' last rows
+            q_pooled = q_vectors[:, q_slots:].flatten(1)[:, : self.hidden_size][query_index]
+            d_pooled = d_vectors[:, d_slots:].flatten(1)[:, : self.hidden_size].to(q_pooled.dtype)
+            q_vectors, q_mask, d_vectors, d_mask = (q_vectors[:, :q_slots], q_mask[:, :q_slots],
+                                                     d_vectors[:, :d_slots], d_mask[:, :d_slots])
+        else:  # the projected pooled slots
+            q_pooled = q_vectors[:, q_slots - 1][query_index]
+            d_pooled = d_vectors[:, d_slots - 1].to(q_pooled.dtype)
         q_tokens = q_vectors + self.position.weight[: self.config.query_slots] + self.segment.weight[0]
         d_tokens = d_vectors.to(q_vectors.dtype) + self.position.weight[self.config.query_slots :] \
             + self.segment.weight[1]
@@ -269,8 +305,6 @@ class DiPairModel(nn.Module):
                 first = self._head_first_token(tokens, padding)
         scores = self.score_out(self.head_norm(first)).squeeze(-1)
         if self.config.similarity_residual:
-            q_pooled = q_vectors[:, self.config.query_slots - 1][query_index]
-            d_pooled = d_vectors[:, self.config.doc_slots - 1].to(q_pooled.dtype)
             scores = scores + self.similarity_scale * F.cosine_similarity(q_pooled, d_pooled, dim=-1)
         return scores
 
@@ -368,8 +402,8 @@ class DiPairModel(nn.Module):
     def fingerprint(self) -> str:
         """sha256 of the config and every weight: the cache records it and refuses other models."""
         if self._fingerprint is None:
-            # doc_tuned_layer came later: left out while off, so older models (and their caches) keep their prints
-            values = {k: v for k, v in self.config.to_dict().items() if k != "doc_tuned_layer" or v}
+            # fields that came later are left out while off, so older models (and their caches) keep their prints
+            values = {k: v for k, v in self.config.to_dict().items() if k not in _LATER_FIELDS or v}
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())

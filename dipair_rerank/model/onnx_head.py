@@ -42,10 +42,9 @@ def export_head(model: DiPairModel, path: Path) -> Path:
 
     Traced with two queries: ``score_prefixes`` has a shortcut for a single query whose shape test the tracer
     would freeze; the general path gives the same numbers for one query as for many."""
-    config = model.config
-    width = config.proj_dim
-    example = (torch.randn(2, config.query_slots, width), torch.ones(2, config.query_slots, dtype=torch.bool),
-               torch.randn(3, config.doc_slots, width), torch.ones(3, config.doc_slots, dtype=torch.bool),
+    width, q_slots, d_slots = model.config.proj_dim, model.query_block_slots, model.doc_block_slots
+    example = (torch.randn(2, q_slots, width), torch.ones(2, q_slots, dtype=torch.bool),
+               torch.randn(3, d_slots, width), torch.ones(3, d_slots, dtype=torch.bool),
                torch.tensor([0, 1, 1]))
     queries, pairs = {0: "queries"}, {0: "pairs"}
     return export_graph(_Head(model.eval()), example, path, inputs=INPUTS, outputs=["scores"],

@@ -203,7 +203,7 @@ def project_features(
         prefix = torch.cat([prefix, pooled.float().unsqueeze(1)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     projection = model.query_projection if side == "query" else model.doc_projection
-    vectors = projection(prefix)
+    vectors, mask = model.with_residual_rows(projection(prefix), mask, F.normalize(pooled.float(), dim=-1))
     if side == "doc":
         vectors = _fp16_round(vectors) * mask.unsqueeze(-1)
     return vectors, mask
