@@ -291,9 +291,8 @@ class DiPairModel(nn.Module):
         else:  # the projected pooled slots
             q_pooled = q_vectors[:, q_slots - 1][query_index]
             d_pooled = d_vectors[:, d_slots - 1].to(q_pooled.dtype)
-        q_tokens = q_vectors + self.position.weight[: self.config.query_slots] + self.segment.weight[0]
-        d_tokens = d_vectors.to(q_vectors.dtype) + self.position.weight[self.config.query_slots :] \
-            + self.segment.weight[1]
+        q_tokens = q_vectors + self.position.weight[:q_slots] + self.segment.weight[0]
+        d_tokens = d_vectors.to(q_vectors.dtype) + self.position.weight[q_slots:] + self.segment.weight[1]
         if not self.training and len(self.head.layers) == 1:
             first = self._one_layer_head_first_token(q_tokens, ~q_mask, d_tokens, ~d_mask, query_index)
         else:
