@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import weakref
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class HeapGuard:
                 self._fd = os.open("/proc/self/statm", os.O_RDONLY)
             except OSError:
                 self._trim = None
+            else:  # closed with the guard, or at exit (a __del__ then may find the os module already gone)
+                weakref.finalize(self, os.close, self._fd)
         self._level = 0
         self._rebase = True  # the level is taken after a batch: it includes one batch's working set
         self.trims = 0
@@ -71,10 +74,3 @@ class HeapGuard:
             self.trims += 1
             self._rebase = True
             logger.debug("malloc_trim at %.0f MB of anonymous memory", anon * self._page / 2**20)
-
-    def __del__(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass

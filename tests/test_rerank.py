@@ -196,3 +196,18 @@ def test_small_head_calls_run_on_one_thread_and_restore_the_setting(tiny_index, 
     monkeypatch.setattr(rerank_module, "SMALL_HEAD_CALL", 4)  # now a large call: every thread
     reranker.rerank("quantum qubits", docids)
     assert seen == [1, 2] and torch.get_num_threads() == 2
+
+
+def test_query_token_ids_equal_the_transformers_tokenizer(tiny_model):
+    """The re-ranker tokenises queries with a copy of the Rust tokenizer: the same ids, truncation included, and the
+    model's own tokenizer keeps its settings."""
+    from dipair_rerank.rerank import padded_batch, query_token_ids
+
+    tokenizer, limit = tiny_model.tokenizer, tiny_model.config.query_max_length
+    queries = ["quantum qubits", "", "Überraschung! naïve café — 42 %", " ".join(["very long query"] * 40)]
+    ids = query_token_ids(tokenizer, limit)(queries)
+    assert ids == tokenizer(queries, truncation=True, max_length=limit)["input_ids"] and len(ids[-1]) == limit
+    reference = tokenizer(queries, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    batch = padded_batch(ids, tokenizer.pad_token_id)
+    assert all(torch.equal(batch[key], reference[key]) for key in ("input_ids", "attention_mask"))
+    assert tokenizer(queries[-1:])["input_ids"][0] != ids[-1]  # untruncated by default, as before

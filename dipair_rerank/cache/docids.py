@@ -23,16 +23,19 @@ class DocidLookup:
     """Rows for docids; ``-1`` where a docid is not in the cache."""
 
     def __init__(self, folder: Path):
-        self.sorted = np.load(folder / SORTED_NAME, mmap_mode="r", allow_pickle=False)
-        self.rows = np.load(folder / ROWS_NAME, mmap_mode="r", allow_pickle=False)
+        # plain arrays over the memory maps: indexing a np.memmap wraps every result in a memmap (slower per call)
+        self.sorted = np.asarray(np.load(folder / SORTED_NAME, mmap_mode="r", allow_pickle=False))
+        self.rows = np.asarray(np.load(folder / ROWS_NAME, mmap_mode="r", allow_pickle=False))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def rows_for(self, docids: Sequence[str]) -> np.ndarray:
-        keys = np.array([docid.encode("utf-8") for docid in docids], dtype=self.sorted.dtype)
-        # a key longer than the stored width gets cut by the cast: compare the originals below to reject it
-        positions = np.searchsorted(self.sorted, keys).clip(max=len(self.sorted) - 1)
+        encoded = [docid.encode("utf-8") for docid in docids]
+        keys = np.array(encoded, dtype=self.sorted.dtype)
+        positions = np.minimum(np.searchsorted(self.sorted, keys), len(self.sorted) - 1)
         found = self.sorted[positions] == keys
-        lengths_ok = np.array([len(d.encode("utf-8")) <= self.sorted.dtype.itemsize for d in docids], dtype=bool)
-        return np.where(found & lengths_ok, self.rows[positions], -1)
+        width = self.sorted.dtype.itemsize
+        if max(map(len, encoded), default=0) > width:  # the cast cut a longer key: it cannot be a stored id
+            found &= np.fromiter((len(key) <= width for key in encoded), dtype=bool, count=len(encoded))
+        return np.where(found, self.rows[positions], -1)

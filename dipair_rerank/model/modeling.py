@@ -259,10 +259,9 @@ class DiPairModel(nn.Module):
         """Head inputs from stored document rows (a cache gather, or ``encode_documents`` for plain texts):
         float vectors [k, slots, d_p] (a copy: the cache reuses its buffer) and the mask of real slots (the
         first ``lengths`` prefix slots, plus the pooled slot and any residual rows)."""
-        slots = torch.arange(self.doc_block_slots)
-        lengths_t = torch.from_numpy(lengths.astype(np.int64))
-        mask = (slots < lengths_t.unsqueeze(1)) | (slots >= self.config.doc_prefix)
-        return torch.from_numpy(vectors).float(), mask
+        slots = np.arange(self.doc_block_slots)
+        mask = (slots < lengths[:, None]) | (slots >= self.config.doc_prefix)
+        return torch.from_numpy(vectors).float(), torch.from_numpy(mask)
 
     # ----- head -----------------------------------------------------------------------------------------------
     def score_prefixes(
@@ -291,8 +290,9 @@ class DiPairModel(nn.Module):
         else:  # the projected pooled slots
             q_pooled = q_vectors[:, q_slots - 1][query_index]
             d_pooled = d_vectors[:, d_slots - 1].to(q_pooled.dtype)
-        q_tokens = q_vectors + self.position.weight[:q_slots] + self.segment.weight[0]
-        d_tokens = d_vectors.to(q_vectors.dtype) + self.position.weight[q_slots:] + self.segment.weight[1]
+        # position and segment embeddings summed first: one addition over the blocks, not two
+        q_tokens = q_vectors + (self.position.weight[:q_slots] + self.segment.weight[0])
+        d_tokens = d_vectors.to(q_vectors.dtype) + (self.position.weight[q_slots:] + self.segment.weight[1])
         if not self.training and len(self.head.layers) == 1:
             first = self._one_layer_head_first_token(q_tokens, ~q_mask, d_tokens, ~d_mask, query_index)
         else:
@@ -339,37 +339,40 @@ class DiPairModel(nn.Module):
         In a single layer the query tokens see nothing of the document before attention, so position 0's
         attention query is fixed per query and can be folded into the key projection: a document token's logit
         is its normalised vector dotted with ``W_k^T q`` (one vector per head), and its value projection is
-        applied after the attention-weighted sum of its tokens, not to each token. Per candidate that leaves a
-        few small products plus the output projection and feed-forward at position 0 (about a third of the
-        general path's arithmetic over 100 candidates), with the same numbers.
+        applied after the attention-weighted sum of its tokens, not to each token. The query tokens' share of
+        the softmax is summed once per query too (exponentials taken from the query's own largest logit, rescaled
+        per candidate to the pair's largest), so per candidate only its own tokens are weighted. What is left per
+        candidate is a few batched matrix products (``matmul``, which ONNX Runtime runs far faster than the
+        equivalent ``einsum``), the output projection and the feed-forward at position 0, with the same numbers.
         """
         layer = self.head.layers[0]
         attention = layer.self_attn
-        queries, q_len, width = q_tokens.shape
-        heads = attention.num_heads
+        width, heads = q_tokens.shape[-1], attention.num_heads
         w_query, w_key, w_value = attention.in_proj_weight.view(3, heads, width // heads, width).unbind(0)
         b_query, b_key, b_value = attention.in_proj_bias.view(3, heads, width // heads).unbind(0)
+        # once per query: position 0's folded key [Q, H, width], its logits over the query's own tokens, and the
+        # value mix of those tokens, weighted by exponentials relative to the query's largest logit
         q_normed = layer.norm1(q_tokens)
         query = (torch.einsum("qw,hcw->qhc", q_normed[:, 0], w_query) + b_query) * (width // heads) ** -0.5
-        folded_key = torch.einsum("qhc,hcw->qhw", query, w_key)  # [Q, H, width]
+        folded_key = torch.einsum("qhc,hcw->qhw", query, w_key)
         key_bias = (query * b_key).sum(-1)  # [Q, H]
-        q_logits = torch.einsum("qmw,qhw->qhm", q_normed, folded_key) + key_bias[:, :, None]
-        q_values = torch.einsum("qmw,hcw->qmhc", q_normed, w_value) + b_value
+        q_logits = torch.matmul(folded_key, q_normed.transpose(1, 2)) + key_bias[:, :, None]  # [Q, H, m]
+        q_logits = q_logits.masked_fill(q_padding[:, None, :], float("-inf"))
+        q_top = q_logits.amax(-1)  # [Q, H]: position 0 is never padding, so finite
+        q_exp = torch.exp(q_logits - q_top[..., None])
+        q_values = torch.einsum("qmw,hcw->qhmc", q_normed, w_value) + b_value[:, None, :]  # [Q, H, m, c]
+        q_mix, q_total = torch.matmul(q_exp.unsqueeze(-2), q_values).squeeze(-2), q_exp.sum(-1)  # [Q, H, c], [Q, H]
+        # per candidate: its tokens' logits, the pair's largest logit, and the rescaled query share
         d_normed = layer.norm1(d_tokens)
-        if queries == 1:
-            d_logits = (d_normed @ folded_key[0].T).transpose(1, 2) + key_bias[0, :, None]
-        else:
-            d_logits = torch.einsum("bnw,bhw->bhn", d_normed, folded_key[query_index]) + key_bias[query_index, :, None]
-        q_logits = q_logits.masked_fill(q_padding[:, None, :], float("-inf"))[query_index]
-        d_logits = d_logits.masked_fill(d_padding[:, None, :], float("-inf"))
-        q_weights, d_weights = torch.softmax(torch.cat([q_logits, d_logits], dim=-1), dim=-1).split(
-            [q_len, d_tokens.shape[1]], dim=-1)
-        if queries == 1:
-            attended = torch.einsum("bhm,mhc->bhc", q_weights, q_values[0])
-        else:
-            attended = torch.einsum("bhm,bmhc->bhc", q_weights, q_values[query_index])
-        d_mixed = torch.einsum("bhn,bnw->bhw", d_weights, d_normed)
-        attended = attended + torch.einsum("bhw,hcw->bhc", d_mixed, w_value) + d_weights.sum(-1)[..., None] * b_value
+        d_logits = torch.matmul(folded_key[query_index], d_normed.transpose(1, 2)) + key_bias[query_index, :, None]
+        d_logits = d_logits.masked_fill(d_padding[:, None, :], float("-inf"))  # [B, H, n]
+        top = torch.maximum(q_top[query_index], d_logits.amax(-1))  # [B, H]
+        q_scale = torch.exp(q_top[query_index] - top)
+        d_exp = torch.exp(d_logits - top[..., None])
+        d_total = d_exp.sum(-1)
+        d_values = torch.matmul(torch.matmul(d_exp, d_normed).transpose(0, 1), w_value.transpose(1, 2)).transpose(0, 1)
+        mixed = q_mix[query_index] * q_scale[..., None] + d_values + d_total[..., None] * b_value
+        attended = mixed / (q_total[query_index] * q_scale + d_total)[..., None]  # [B, H, c]
         return self._finish_first_token(layer, q_tokens[query_index, 0], attended.flatten(1))
 
     @staticmethod

@@ -20,6 +20,7 @@ from dipair_rerank.model.onnx_query import cache_dir, export_graph, inference_se
 logger = logging.getLogger(__name__)
 
 INPUTS = ["q_vectors", "q_mask", "d_vectors", "d_mask", "query_index"]
+GRAPH_VERSION = 2  # part of the exported file's name: a graph exported by older code is not reused
 
 
 class _Head(torch.nn.Module):
@@ -62,7 +63,7 @@ class OnnxHead:
     """
 
     def __init__(self, model: DiPairModel, *, threads: int = 1, small_call: int = 512):
-        path = cache_dir() / "onnx" / f"head-{model.fingerprint()[:20]}.onnx"
+        path = cache_dir() / "onnx" / f"head-v{GRAPH_VERSION}-{model.fingerprint()[:20]}.onnx"
         if not path.is_file():
             logger.info("exporting the head to %s", path)
             export_head(model, path)
