@@ -66,12 +66,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="passes over the 43 topics per process")
     parser.add_argument("--rounds", type=int, default=3, help="turns each revision takes")
+    parser.add_argument("--output", default="eval/results/compare_revisions.md", help="the report (also printed)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.index, args.threads, args.passes)
         return
     from dipair_rerank.data import shared_data_dir
+    from dipair_rerank.evaluate.report import publish_report
 
     os.environ["DIPAIR_DATA"] = str(shared_data_dir().resolve())  # the baseline runs from another folder
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,15 +88,14 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=True)
     stages = ["rerank", "query_encoding", "gather", "head"]
-    print(f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n")
-    print("| revision | " + " | ".join(stages) + " |")
-    print("|---|" + "---:|" * len(stages))
+    lines = [f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
+             f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)", "",
+             "| revision | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
     for name, runs in rows.items():
         cells = [f"{statistics.median(run[stage] for run in runs):.3f} "
                  f"({', '.join(f'{run[stage]:.2f}' for run in runs)})" for stage in stages]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    publish_report("\n".join(lines) + "\n", args.output)
 
 if __name__ == "__main__":
     main()
