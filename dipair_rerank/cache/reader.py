@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,16 @@ from dipair_rerank.cache.codecs import bytes_per_row, load_codec
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
 from dipair_rerank.errors import DiPairError
+
+
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    """The mmap under a memory-mapped array (or a plain view of one)."""
+    while array is not None and getattr(array, "_mmap", None) is None:
+        array = getattr(array, "base", None)
+    return None if array is None else array._mmap
 
 
 def _random_access(array: np.ndarray) -> np.ndarray:
@@ -81,6 +93,26 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return self.num_docs
+
+    def map_in(self, max_bytes: int | None = None) -> bool:
+        """Read every cache file and map all its pages now, so that first gathers cost what later ones do.
+
+        A cold row otherwise faults in on its first gather: a first pass over DL19 from a cold page cache gathered
+        at 6.8 ms p50, against 0.7 ms once mapped in (``eval/cold_start.py``). For a long-running service's
+        warm-up; one-off runs keep opening in constant time and read only the rows they touch. Nothing is done for
+        a cache over ``max_bytes`` (default: a quarter of physical memory) or where the kernel cannot (before Linux
+        5.14). Returns whether the cache was mapped in."""
+        arrays = [*self.vectors, *self.lengths, self.docids.sorted, self.docids.rows]
+        if max_bytes is None:
+            max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 if hasattr(os, "sysconf") else 0
+        if sys.platform != "linux" or sum(array.nbytes for array in arrays) > max_bytes:
+            return False
+        for array in arrays:
+            try:
+                _mapping(array).madvise(_MADV_POPULATE_READ)
+            except OSError:  # an older kernel: rows fault in as they are read
+                return False
+        return True
 
     def rows(self, docids: Sequence[str], *, strict: bool = True) -> np.ndarray:
         """Rows of ``docids``; unknown docids raise (``strict``) or map to -1."""

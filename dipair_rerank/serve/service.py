@@ -128,8 +128,12 @@ class RerankService:
         return service
 
     def warm_up(self) -> None:
-        """First calls allocate, optimise (ONNX) and JIT-compile (the JVM): pay that before the port opens."""
+        """First calls allocate, optimise (ONNX), JIT-compile (the JVM) and fault in cache rows: pay that before the
+        port opens."""
         started = time.perf_counter()
+        if not self.cache.map_in():  # every row resident and mapped: the first requests gather as fast as later ones
+            logger.info("the cache is not mapped in ahead (over a quarter of memory, or unsupported): rows fault in "
+                        "on their first request")
         self.reranker.warm_up()
         self.reranker.rerank_texts("warm up", ["a warm-up text", "another, a little longer, warm-up text"])
         self.searcher.search_many(["warm up", "a second warm-up query"], k=10)

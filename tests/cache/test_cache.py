@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,16 @@ def test_transcode_keeps_rows_and_docids(tmp_path):
     blocks, _ = int8.gather(int8.rows(["doc299", "doc3"]))
     assert np.abs(blocks - vectors[[299, 3]].astype(np.float32)).max() < 0.1
     assert int8.bytes_per_doc < PrefixCache(tmp_path / "src").bytes_per_doc
+
+
+def test_map_in_maps_a_cache_that_fits_and_leaves_a_larger_one(tmp_path):
+    """``map_in`` (a service's warm-up) maps every cache file in; over ``max_bytes`` it does nothing."""
+    from dipair_rerank.cache import reader
+
+    vectors, _, _ = build(tmp_path)
+    cache = PrefixCache(tmp_path)
+    files = [*cache.vectors, *cache.lengths, cache.docids.sorted, cache.docids.rows]
+    assert all(reader._mapping(array) is not None for array in files)  # each over its own file mapping
+    assert not cache.map_in(max_bytes=sum(array.nbytes for array in files) - 1)
+    assert cache.map_in() == (sys.platform == "linux")
+    assert np.array_equal(cache.gather(cache.rows(["doc3", "doc8"]))[0], vectors[[3, 8]])

@@ -190,3 +190,11 @@ def test_worker_processes_build_their_app_from_the_environment(tiny_index, monke
     with TestClient(app_from_environment()) as worker:
         assert worker.get("/health").json()["threads"] == 1
         assert worker.post("/rerank", json=GOOD).status_code == 200
+
+
+def test_warm_up_maps_the_cache_in(service, monkeypatch):
+    """Before the port opens, the cache's rows are made resident: the first requests gather as later ones do."""
+    calls = []
+    monkeypatch.setattr(type(service.cache), "map_in", lambda cache, max_bytes=None: calls.append(cache) or True)
+    service.warm_up()
+    assert calls == [service.cache]
