@@ -69,7 +69,7 @@ def main() -> None:
     if args.child:
         child(args.index, args.child)
         return
-    from dipair_rerank.evaluate.report import publish_report
+    from dipair_rerank.evaluate.report import format_rounds, publish_report
 
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
     for _ in range(args.rounds):
@@ -77,16 +77,9 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, "--child", arm, "--index", args.index],
                                   capture_output=True, text=True, check=True)
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    columns = list(next(iter(runs.values()))[0])
-    lines = [f"# cold_start  {time.strftime('%Y-%m-%d %H:%M')}  {args.index}, DL19 BM25 top-100, 2 threads; "
-             f"median over {args.rounds} rounds (each round in brackets)", "",
-             "| cache pages | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for name, arm_runs in runs.items():
-        cells = [f"{statistics.median(run[c] for run in arm_runs):.3f} "
-                 f"({', '.join(f'{run[c]:.2f}' for run in arm_runs)})" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    publish_report("\n".join(lines) + "\n", args.output)
-
+    header = (f"# cold_start  {time.strftime('%Y-%m-%d %H:%M')}  {args.index}, DL19 BM25 top-100, 2 threads; "
+              f"median over {args.rounds} rounds (each round in brackets)\n\n")
+    publish_report(header + format_rounds("cache pages", runs, list(next(iter(runs.values()))[0])), args.output)
 
 if __name__ == "__main__":
     main()

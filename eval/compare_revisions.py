@@ -73,7 +73,7 @@ def main() -> None:
         child(args.index, args.threads, args.passes)
         return
     from dipair_rerank.data import shared_data_dir
-    from dipair_rerank.evaluate.report import publish_report
+    from dipair_rerank.evaluate.report import format_rounds, publish_report
 
     os.environ["DIPAIR_DATA"] = str(shared_data_dir().resolve())  # the baseline runs from another folder
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,15 +87,10 @@ def main() -> None:
                     rows[name].append(measure(source, args))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=True)
-    stages = ["rerank", "query_encoding", "gather", "head"]
-    lines = [f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
-             f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)", "",
-             "| revision | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
-    for name, runs in rows.items():
-        cells = [f"{statistics.median(run[stage] for run in runs):.3f} "
-                 f"({', '.join(f'{run[stage]:.2f}' for run in runs)})" for stage in stages]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    publish_report("\n".join(lines) + "\n", args.output)
+    header = (f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
+              f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n\n")
+    publish_report(header + format_rounds("revision", rows, ["rerank", "query_encoding", "gather", "head"]),
+                   args.output)
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     out += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+def format_rounds(label: str, runs: Mapping[str, list[Mapping[str, float]]], columns: list[str]) -> str:
+    """A Markdown table of A/B arms measured in alternating rounds: per arm and column, the median over rounds, then
+    each round's value in brackets (so a reader sees how much the machine moved between rounds)."""
+    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, arm in runs.items():
+        cells = [f"{statistics.median(run[c] for run in arm):.3f} ({', '.join(f'{run[c]:.2f}' for run in arm)})"
+                 for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def publish_report(text: str, path: str | Path) -> None:
