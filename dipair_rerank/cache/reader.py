@@ -30,7 +30,7 @@ def _mapping(array: np.ndarray) -> mmap.mmap | None:
 
 def _random_access(array: np.ndarray) -> np.ndarray:
     """Tell the kernel reads are random: no read-ahead, so a gather faults in only the rows it reads."""
-    handle = getattr(array, "_mmap", None)
+    handle = _mapping(array)
     if handle is not None and hasattr(mmap, "MADV_RANDOM"):
         handle.madvise(mmap.MADV_RANDOM)
     return array

@@ -366,8 +366,9 @@ class DiPairModel(nn.Module):
         d_normed = layer.norm1(d_tokens)
         d_logits = torch.matmul(folded_key[query_index], d_normed.transpose(1, 2)) + key_bias[query_index, :, None]
         d_logits = d_logits.masked_fill(d_padding[:, None, :], float("-inf"))  # [B, H, n]
-        top = torch.maximum(q_top[query_index], d_logits.amax(-1))  # [B, H]
-        q_scale = torch.exp(q_top[query_index] - top)
+        pair_q_top = q_top[query_index]
+        top = torch.maximum(pair_q_top, d_logits.amax(-1))  # [B, H]
+        q_scale = torch.exp(pair_q_top - top)
         d_exp = torch.exp(d_logits - top[..., None])
         d_total = d_exp.sum(-1)
         d_values = torch.matmul(torch.matmul(d_exp, d_normed).transpose(0, 1), w_value.transpose(1, 2)).transpose(0, 1)
