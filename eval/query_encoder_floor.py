@@ -6,14 +6,13 @@ the weights do not fit in the last-level cache each query streams them from memo
   1. the fp32 bytes of the query tower's encoder layers, and the rate at which 1 and 2 threads read memory here
      (twice that many bytes, summed): bytes / the 2-thread rate is the least a query can cost before any
      arithmetic, when its weights come from memory;
-  2. p50 ms per DL19 query (one at a time, 2 threads, the order of the variants rotated per query) of the
-     served fp32 graph (attention, layer norms and GELU fused by ONNX Runtime's BERT optimiser), the same graph
-     as traced (unfused), the int8 per-channel query branch (``--query-backend onnx-int8``, quantised from the
-     traced graph), and two variants of the traced graph: ONNX Runtime's 8-bit MatMulNBits weights (block 32,
-     int8 compute; needs the ``onnx-ir`` package, skipped without it) and fp16 weights cast to fp32 in the graph
-     (graph optimisations off, or the casts are folded away);
-  3. the served graph over all the queries at once, in the re-ranker's length groups (as ``batch_search``
-     encodes a batch): ms per query.
+  2. p50 ms per DL19 query (one at a time, 2 threads, the order of the variants rotated per query) of the fp32
+     graph (``--query-backend onnx``: attention, layer norms and GELU fused by ONNX Runtime's BERT optimiser), the
+     same graph as traced (unfused), the int8 graph the default backend runs (``onnx-int8``: the fused graph's
+     products as 8-bit MatMulNBits, one scale per 128 weights, int8 arithmetic), the same with blocks of 32, and
+     fp16 weights cast to fp32 in the graph (graph optimisations off, or the casts are folded away);
+  3. the fp32 and int8 graphs over all the queries at once, in the re-ranker's length groups (as
+     ``batch_search`` encodes a batch): ms per query.
 
     python eval/query_encoder_floor.py
 """
@@ -79,19 +78,6 @@ def fp16_weights_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def nbits_copy(source: Path, target: Path) -> Path | None:
-    try:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError:
-        return None
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=8, block_size=32, is_symmetric=True,
-                                     accuracy_level=4)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(target), False)
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -104,24 +90,24 @@ def main() -> None:
 
     from dipair_rerank.model import load_model
     from dipair_rerank.rerank import QUERY_GROUP_RATIO, length_groups
-    from dipair_rerank.model.onnx_query import (OnnxQueryEncoder, cache_dir, export_query_branch, inference_session,
-                                                quantize_query_branch)
+    from dipair_rerank.model.onnx_query import (cache_dir, export_query_branch, fused_query_branch, inference_session,
+                                                quantize_query_branch, write_int8_graph)
 
     logging.disable(logging.INFO)  # the quantisers log every node
     model = load_model().eval()
     tower_bytes = sum(m.nbytes for m in tower_matrices(model))
     bandwidth = {threads: read_gb_per_s(2 * tower_bytes, threads) for threads in (1, args.threads)}
 
-    served = OnnxQueryEncoder(model).path
+    served = fused_query_branch(model)
     work = cache_dir() / "onnx" / "floor"
     work.mkdir(parents=True, exist_ok=True)
     traced = export_query_branch(model, work / "traced.onnx", fuse=False)
-    sessions = {"fp32, fused (default)": inference_session(served, args.threads),
+    sessions = {"fp32, fused (onnx)": inference_session(served, args.threads),
                 "fp32, as traced": inference_session(traced, args.threads),
-                "int8 per channel (onnx-int8)": inference_session(quantize_query_branch(model), args.threads)}
-    nbits = nbits_copy(traced, work / "nbits8.onnx")
-    if nbits is not None:
-        sessions["MatMulNBits 8-bit, block 32"] = inference_session(nbits, args.threads)
+                "int8, blocks of 128, fused (onnx-int8, the default)":
+                    inference_session(quantize_query_branch(model), args.threads),
+                "int8, blocks of 32, fused": inference_session(write_int8_graph(served, work / "int8-32.onnx", 32),
+                                                               args.threads)}
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -149,17 +135,17 @@ def main() -> None:
                 sessions[name].run(None, feed)
                 times[name].append(time.perf_counter() - started)
 
-    batched = []
     lengths = [int(feed["attention_mask"].sum()) for feed in inputs]
+    batched: dict[str, list[float]] = {name: [] for name in names[:3:2]}  # fp32 fused, int8
     for _ in range(args.rounds):
-        started = time.perf_counter()
-        for group in length_groups(lengths, QUERY_GROUP_RATIO):
-            width = max(inputs[i]["input_ids"].shape[1] for i in group)
-            rows = [inputs[i]["input_ids"] for i in group]
-            ids = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]))) for row in rows])
-            mask = (ids != 0).astype(np.int64)
-            sessions["fp32, fused (default)"].run(None, {"input_ids": ids, "attention_mask": mask})
-        batched.append((time.perf_counter() - started) / len(inputs))
+        for name in batched:
+            started = time.perf_counter()
+            for group in length_groups(lengths, QUERY_GROUP_RATIO):
+                width = max(inputs[i]["input_ids"].shape[1] for i in group)
+                rows = [inputs[i]["input_ids"] for i in group]
+                ids = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]))) for row in rows])
+                sessions[name].run(None, {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)})
+            batched[name].append((time.perf_counter() - started) / len(inputs))
 
     lines = [
         f"# query_encoder_floor  {time.strftime('%Y-%m-%d %H:%M')}  default model, {args.threads} threads, "
@@ -172,11 +158,9 @@ def main() -> None:
         "| query branch | p50 ms per query |",
         "|---|---:|",
         *(f"| {name} | {statistics.median(values) * 1000:.2f} |" for name, values in times.items()),
-        f"| fp32, fused, all {len(queries)} queries in one batch (length groups), per query | "
-        f"{statistics.median(batched) * 1000:.2f} |",
+        *(f"| {name}, all {len(queries)} queries in one batch (length groups), per query | "
+          f"{statistics.median(values) * 1000:.2f} |" for name, values in batched.items()),
     ]
-    if nbits is None:
-        lines.append("| MatMulNBits 8-bit, block 32 | not run (pip install onnx-ir) |")
     text = "\n".join(lines) + "\n"
     publish_report(text, args.output)
 

@@ -30,6 +30,12 @@ def test_help_is_light():
     assert out.strip() == "False"
 
 
+def test_query_backend_choices_are_the_rerankers():
+    from dipair_rerank import cli, rerank
+
+    assert cli.QUERY_BACKENDS == rerank.QUERY_BACKENDS
+
+
 @pytest.mark.parametrize("first_stage", ["bm25", "dense"])
 def test_search_then_eval(tiny_index, tiny_files, tmp_path, capsys, first_stage):
     run = tmp_path / "runs" / "out.trec"
