@@ -191,6 +191,7 @@ def quantize_query_branch(model: DiPairModel) -> Path:
     nDCG@10 within 0.002 (eval/bench_query_int8.py)."""
     target = cache_dir() / "onnx" / f"query-{model.fingerprint()[:20]}-int8-block{INT8_BLOCK}.onnx"
     if not target.is_file():
+        logger.info("quantising the query encoder to %s", target)
         write_int8_graph(fused_query_branch(model), target)
     return target
 
