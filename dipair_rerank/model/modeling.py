@@ -261,7 +261,9 @@ class DiPairModel(nn.Module):
         first ``lengths`` prefix slots, plus the pooled slot and any residual rows)."""
         slots = np.arange(self.doc_block_slots)
         mask = (slots < lengths[:, None]) | (slots >= self.config.doc_prefix)
-        return torch.from_numpy(vectors).float(), torch.from_numpy(mask)
+        # numpy converts on this thread: torch would fan a conversion this size out to its OpenMP workers, which
+        # stall when another process holds a core (the gather took 5x longer with one core busy)
+        return torch.from_numpy(vectors.astype(np.float32)), torch.from_numpy(mask)
 
     # ----- head -----------------------------------------------------------------------------------------------
     def score_prefixes(

@@ -1,8 +1,8 @@
 """The head (``DiPairModel.score_prefixes``) on ONNX Runtime.
 
 One query's head is ~60 small tensor ops over 100 candidates; PyTorch spends much of that call in per-op
-dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores equal to 1e-5. Its idle
-threads also do not spin (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
+dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores equal to 1e-5. Its
+threads spin only within a call (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
 exported once per model (keyed by its fingerprint) beside the query branch's.
 """
 

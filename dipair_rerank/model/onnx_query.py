@@ -133,8 +133,12 @@ def _fuse_or_keep(traced: Path, path: Path, model: DiPairModel) -> None:
 
 
 def inference_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session whose idle threads do not spin: spinning workers steal the cores the next call
-    (or another process) needs, the collapse torch's OpenMP pool shows on a shared CPU."""
+    """An ONNX Runtime CPU session whose workers spin within a call and sleep between calls.
+
+    Within: the int8 query graph runs ~100 operators of a few microseconds each, and waking a sleeping worker for
+    every one cost more than the work (query encoding 2.3 -> 1.6 ms with spinning, eval/thread_policy.py).
+    Between: a worker left spinning after the call burns its core for ~25 ms, stealing it from the next stage,
+    the JVM or another process (the collapse torch's OpenMP pool shows on a shared CPU)."""
     import onnxruntime as ort
 
     ort.disable_telemetry_events()  # a re-ranker should not look up Microsoft's telemetry host per process
@@ -142,7 +146,8 @@ def inference_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")  # ... and stop when the call ends
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

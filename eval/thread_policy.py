@@ -1,0 +1,133 @@
+"""How the re-rank call's threads wait (issue 11): ONNX Runtime's spin policy and torch in the gather, quiet and
+with one core busy, side by side in one run: one query's re-rank call (p50 ms of the call and its stages) and
+BM25 + DiPair batched over all topics (queries/s, and its share of BM25 alone's rate, as eval/bench_latency.py's
+(d)).
+
+Arms (each in its own process, taking turns ``--rounds`` times, DL19 topics x BM25 top-100, 2 threads):
+  shipped          ONNX Runtime workers spin within a call and stop when it ends (``onnx_query.inference_session``)
+  no spinning      workers sleep whenever idle, also between the operators of one call (the policy before)
+  spin on          workers spin within a call and keep spinning after it (ONNX Runtime's default)
+  torch gather     the shipped policy, but the cache rows converted to float32 by torch, as before: a conversion
+                   this size goes to torch's OpenMP workers, which spin-wait for a core another process holds
+
+    python eval/thread_policy.py [--rounds 3]   # needs indexes/eff-dl19 (eval/effectiveness.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench_latency import busy_core
+from dipair_rerank.evaluate.report import format_rounds, publish_report
+
+ARMS = ("shipped", "no spinning", "spin on", "torch gather")
+STAGES = ["rerank", "query_encoding", "gather", "head", "batched q/s", "x BM25 alone"]
+
+
+def apply_arm(arm: str) -> None:
+    """Patch this (child) process to ``arm``'s policy before the re-ranker is built."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from dipair_rerank.model import modeling, onnx_head, onnx_query
+
+    if arm in ("no spinning", "spin on"):
+        def session(path, threads):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if arm == "spin on" else "0")
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        onnx_query.inference_session = onnx_head.inference_session = session
+    if arm == "torch gather":
+        def document_blocks(self, vectors, lengths):
+            slots = np.arange(self.doc_block_slots)
+            mask = (slots < lengths[:, None]) | (slots >= self.config.doc_prefix)
+            return torch.from_numpy(vectors).float(), torch.from_numpy(mask)
+
+        modeling.DiPairModel.document_blocks = document_blocks
+
+
+def child(arm: str, index: str, threads: int, passes: int) -> None:
+    """Time ``arm`` in this process; print one JSON line (medians of the call and of each stage)."""
+    apply_arm(arm)
+    from dipair_rerank.data import read_run, read_topics, shared_data_dir
+    from dipair_rerank.evaluate.latency import StageTimer
+    from dipair_rerank.rerank import DiPairReranker
+
+    data = shared_data_dir() / "msmarco-dl19"
+    topics = read_topics(data / "queries.tsv")
+    run = read_run(data / "runs" / "bm25.top100.trec")
+    queries = [(topics[qid], [docid for docid, _ in run[qid][:100]]) for qid in topics if qid in run]
+    reranker = DiPairReranker.from_index(index, threads=threads)
+    reranker.warm_up()
+    for query, docids in queries:  # untimed: every candidate's cache page resident
+        reranker.rerank(query, docids)
+    reranker.timer = StageTimer()
+    calls = []
+    for _ in range(passes):
+        for query, docids in queries:
+            started = time.perf_counter()
+            reranker.rerank(query, docids)
+            calls.append((time.perf_counter() - started) * 1000.0)
+    stages = {stage: statistics.median(ms for ms, _ in entries) for stage, entries in reranker.timer.batches.items()}
+    print(json.dumps({"rerank": statistics.median(calls), **stages, **batched(index, threads, list(topics.values()))}))
+
+
+def batched(index: str, threads: int, queries: list[str], repeats: int = 2) -> dict[str, float]:
+    """Queries/s of BM25 alone and of BM25 + DiPair, batched over all topics (as eval/bench_latency.py's (d))."""
+    from dipair_rerank.pipeline import DiPairSearcher
+
+    searcher = DiPairSearcher.from_index(index, first_stage="bm25", depth=100, threads=threads)
+    searcher.reranker.warm_up()
+    qids = [str(i) for i in range(len(queries))]
+    bm25 = dipair = 0.0
+    for repeat in range(repeats + 1):  # the first pass warms both up
+        start = time.perf_counter()
+        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
+        middle = time.perf_counter()
+        searcher.batch_search(queries, qids, k=100, threads=threads)
+        if repeat:
+            bm25, dipair = bm25 + middle - start, dipair + time.perf_counter() - middle
+    return {"batched q/s": repeats * len(queries) / dipair, "x BM25 alone": bm25 / dipair}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", default="indexes/eff-dl19")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, default=3, help="passes over the 43 topics per process")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each arm takes, per condition")
+    parser.add_argument("--output", default="eval/results/thread_policy.md", help="the report (also printed)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.index, args.threads, args.passes)
+        return
+    report = [f"# thread_policy  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
+              f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n"]
+    for condition in ("quiet", "one core busy"):
+        rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+        with busy_core(seconds=900) if condition != "quiet" else nullcontext():
+            for _ in range(args.rounds):
+                for arm in ARMS:
+                    command = [sys.executable, __file__, "--child", arm, "--index", args.index,
+                               "--threads", str(args.threads), "--passes", str(args.passes)]
+                    result = subprocess.run(command, capture_output=True, text=True, check=True)
+                    rows[arm].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        report.append(f"\n## {condition}\n\n" + format_rounds("arm", rows, STAGES))
+    publish_report("".join(report), args.output)
+
+
+if __name__ == "__main__":
+    main()
