@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -31,6 +32,13 @@ def _threads_default() -> int:
     return os.cpu_count() or 1
 
 
+def _require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse zero or negative counts up front, before any work or output."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise DiPairError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="corpus -> BM25 index + DiPair prefix cache (+ FAISS)",
                        description="Build indexes/NAME: Lucene BM25 (Pyserini), the DiPair prefix cache and, with "
@@ -46,10 +54,11 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dense", action="store_true", help="also build a FAISS index (mean-pooled encoder vectors)")
     p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default 32)")
     p.add_argument("--shard-rows", type=int, default=65536, help="documents per cache shard (default 65536)")
-    p.add_argument("--threads", type=int, default=_threads_default(), help="torch and Lucene threads")
+    p.add_argument("--threads", type=int, default=_threads_default(),
+                   help="torch and Lucene threads (default: every core, %(default)s here)")
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
-                   help="cache storage: fp16 (exact; (n+1) x d_p x 2 bytes per document, 2304 with the default "
-                   "model), int8 (about half), pq (product quantisation, about a tenth or less with the defaults "
+                   help="cache storage: fp16 (exact; slots x d_p x 2 bytes per document, 3072 with the "
+                   "default model), int8 (about half), pq (product quantisation, about a tenth or less with the defaults "
                    "below; eval/RESULTS.md has the quality of each)")
     p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
     p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
@@ -68,8 +77,6 @@ def _cmd_index(args: argparse.Namespace) -> None:
     from dipair_rerank.data.lucene import LuceneSource
     from dipair_rerank.indexer import IndexOptions, build_index
 
-    if not 0 <= args.shard_id < args.num_shards:
-        raise DiPairError(f"--shard-id must be in [0, --num-shards), got {args.shard_id} of {args.num_shards}")
     source = (LuceneSource(args.from_lucene) if args.from_lucene else
               LuceneSource.prebuilt(args.from_prebuilt) if args.from_prebuilt else args.corpus)
     layout = build_index(source, args.index, model=args.model, options=IndexOptions(
@@ -91,17 +98,22 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                        "--depth with DiPair from the index's cache, and write a run in Pyserini's format. "
                        "Per-stage latency is saved beside the run (RUN.latency.json) for 'eval'.")
     p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
-    p.add_argument("--topics", required=True, help="qid<TAB>query TSV file, or irds:ID")
+    p.add_argument("--topics", required=True, help="qid<TAB>query TSV file, or irds:ID (Pyserini's topic names, "
+                   "e.g. dl19-passage, need the network: give the file)")
     p.add_argument("--run", "--output", dest="run", required=True, help="run file to write (e.g. runs/out.trec)")
-    p.add_argument("--candidates", default=None, help="re-rank this TREC run instead of running a first stage")
+    p.add_argument("--candidates", default=None, help="re-rank this run (TREC or MS MARCO format) instead of "
+                   "running a first stage")
     p.add_argument("--first-stage", choices=("bm25", "dense"), default="bm25", help="first stage (default bm25)")
     p.add_argument("--depth", type=int, default=100, help="candidates re-ranked per query (default 100)")
     p.add_argument("--hits", type=int, default=1000, help="lines per query in the run (default 1000)")
-    p.add_argument("--output-format", choices=("trec", "msmarco"), default="trec")
+    p.add_argument("--output-format", choices=("trec", "msmarco"), default="trec",
+                   help="trec (qid Q0 docid rank score tag) or msmarco (qid<TAB>docid<TAB>rank) (default trec; "
+                   "'eval' and --candidates read both)")
     p.add_argument("--model", default=None, help="must be the model the index was built with (default: that one)")
     p.add_argument("--batch-size", type=int, default=1, help="queries per encoder/head call (default 1)")
-    p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads and Lucene batch threads")
-    p.add_argument("--tag", default="dipair", help="run tag (last column)")
+    p.add_argument("--threads", type=int, default=_threads_default(),
+                   help="torch / ONNX Runtime threads and Lucene batch threads (default: every core, %(default)s here)")
+    p.add_argument("--tag", default="dipair", help="run tag, the last column of trec runs (default dipair)")
     p.add_argument("--query-backend", choices=QUERY_BACKENDS, default="auto", help=QUERY_BACKEND_HELP)
     p.set_defaults(handler=_cmd_search)
 
@@ -112,8 +124,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.search import save_run, search_topics
 
-    if args.depth < 1 or args.hits < 1:
-        raise DiPairError("--depth and --hits must be at least 1")
+    _require_positive(args, "depth", "hits", "batch_size", "threads")
     topics = read_topics(args.topics)
     _check_writable(args.run)
     searcher = DiPairSearcher.from_index(args.index, first_stage=args.first_stage, depth=args.depth,
@@ -148,9 +159,12 @@ def _check_writable(path: str) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from dipair_rerank.defaults import DEFAULT_MEASURES
 
-    p = sub.add_parser("eval", help="trec_eval-style quality (ir_measures) beside recorded latency")
-    p.add_argument("--qrels", required=True, help="TREC qrels file or irds:ID")
-    p.add_argument("--run", required=True, nargs="+", help="one or more TREC runs")
+    p = sub.add_parser("eval", help="trec_eval-style quality (ir_measures) beside recorded latency",
+                       description="Score runs against qrels with ir_measures (queries judged but absent from a run "
+                       "count as zero, as trec_eval -c), and print the per-stage latency 'search' recorded beside "
+                       "each run. --plot draws quality against latency for several runs.")
+    p.add_argument("--qrels", required=True, help="TREC qrels file (qid 0 docid rel) or irds:ID")
+    p.add_argument("--run", required=True, nargs="+", help="one or more runs (TREC or MS MARCO format)")
     p.add_argument("--measures", default=DEFAULT_MEASURES, help=f"ir_measures names (default '{DEFAULT_MEASURES}'; "
                    "graded sets: 'RR(rel=2)@10 R(rel=2)@100')")
     p.add_argument("--per-query", action="store_true", help="also print one line per query")
@@ -239,6 +253,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from dipair_rerank.train.sets import TrainSetSpec, run_training
 
+    _require_positive(args, "depth", "queries_per_step", "threads", "patience")
     sets = TrainSetSpec.zip(args.topics, args.candidates, args.corpus, args.qrels, args.index)
     model_dir = run_training(sets, args)
     print(f"model saved to {model_dir}")
@@ -260,9 +275,10 @@ def _add_teacher_scores(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
     p.add_argument("--fit-qrels", default=None, help="fit the weights on these qrels (writes OUTPUT.fit.json)")
     p.add_argument("--grid-step", type=float, default=0.05, help="weight grid step for --fit-qrels")
-    p.add_argument("--cache-dir", default="eval/work/embeddings", help="embedding/score cache (default %(default)s)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=_threads_default())
+    p.add_argument("--cache-dir", default="eval/work/embeddings",
+                   help="embedding/score cache, reused by later runs (default %(default)s, under this folder)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads (default: every core)")
     p.set_defaults(handler=_cmd_teacher_scores)
 
 
@@ -275,6 +291,7 @@ def _cmd_teacher_scores(args: argparse.Namespace) -> None:
     from dipair_rerank.train.fusion import format_scorers, fusion_teacher, parse_scorers, write_fit_report
     from dipair_rerank.train.sets import TrainSetSpec, load_texts
 
+    _require_positive(args, "depth", "threads")
     torch.set_num_threads(args.threads)
     scorers = parse_scorers(args.scorers)
     topics = read_topics(args.topics)
@@ -361,8 +378,11 @@ def _cmd_train_teacher(args: argparse.Namespace) -> None:
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check an index's cache checksums and model fingerprint")
-    p.add_argument("--index", required=True)
+    p = sub.add_parser("verify", help="check an index's cache checksums and model fingerprint",
+                       description="Re-hash every cache shard against the checksums written at build time, check "
+                       "that cache and manifest name the same model and that the BM25 index is there; exit 2 naming "
+                       "each problem (e.g. after copying an index between machines).")
+    p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
     p.set_defaults(handler=_cmd_verify)
 
 
@@ -420,9 +440,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from dipair_rerank.serve.server import run_server
     from dipair_rerank.serve.service import ServeOptions
 
-    for name in ("workers", "threads", "max_documents", "max_document_chars"):
-        if getattr(args, name) < 1:
-            raise DiPairError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _require_positive(args, "workers", "threads", "max_documents", "max_document_chars")
     if not 0 <= args.port <= 65535 or args.max_wait_ms < 0:
         raise DiPairError("--port must be in 0..65535 and --max-wait-ms at least 0")
     options = ServeOptions(index=args.index, first_stage=args.first_stage, threads=args.threads,
@@ -443,16 +461,18 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qrels", default=None, help="default: the corpus's irds: id")
     p.add_argument("--candidates", default=None, help="re-rank this run instead of the index's BM25")
     p.add_argument("--index", default=None, help="default indexes/<collection name>")
-    p.add_argument("--model", default=None)
-    p.add_argument("--depth", type=int, default=100)
-    p.add_argument("--measures", default=DEFAULT_MEASURES)
-    p.add_argument("--threads", type=int, default=_threads_default())
+    p.add_argument("--model", default=None, help="DiPair model folder or HF encoder id/path (default: shipped model)")
+    p.add_argument("--depth", type=int, default=100, help="BM25 candidates re-ranked per query (default 100)")
+    p.add_argument("--measures", default=DEFAULT_MEASURES, help=f"ir_measures names (default '{DEFAULT_MEASURES}')")
+    p.add_argument("--threads", type=int, default=_threads_default(),
+                   help="torch / ONNX Runtime / Lucene threads (default: every core, %(default)s here)")
     p.set_defaults(handler=_cmd_quickstart)
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from dipair_rerank.quickstart import QuickstartOptions, run_quickstart
 
+    _require_positive(args, "depth", "threads")
     print(run_quickstart(QuickstartOptions(
         corpus=args.corpus, topics=args.topics, qrels=args.qrels, candidates=args.candidates, index=args.index,
         model=args.model, depth=args.depth, measures=args.measures, threads=args.threads)), end="")
@@ -464,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="DiPair re-ranking over Pyserini: cross-encoder-style re-ranking at a few ms per query.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verbose = argparse.ArgumentParser(add_help=False)  # -v after the command too (default kept from the top level)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[verbose])  # type: ignore[method-assign]
     for add in (_add_quickstart, _add_index, _add_search, _add_eval, _add_train, _add_train_teacher,
                 _add_fetch_teachers, _add_teacher_scores, _add_verify, _add_serve):
         add(sub)

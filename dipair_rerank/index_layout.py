@@ -32,7 +32,7 @@ class IndexLayout:
     def lucene(self) -> Path:
         """The BM25 index: the one recorded in the manifest, else ``lucene/`` inside the folder."""
         if self.manifest_path.is_file():
-            recorded = json.loads(self.manifest_path.read_text()).get(EXTERNAL_LUCENE)
+            recorded = self.manifest().get(EXTERNAL_LUCENE)
             if recorded:
                 return Path(recorded)
         return self.root / "lucene"
@@ -49,7 +49,14 @@ class IndexLayout:
         """The manifest of a complete index (an index without one was never published)."""
         if not self.manifest_path.is_file():
             raise DiPairError(f"no index at {self.root} (missing {MANIFEST}); build it with 'dipair-rerank index'")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DiPairError(f"{self.manifest_path} is damaged ({exc}); rebuild the index with 'dipair-rerank index'"
+                              ) from exc
+        if not isinstance(manifest, dict):
+            raise DiPairError(f"{self.manifest_path} is damaged (not a JSON object); rebuild the index")
+        return manifest
 
     def has_dense(self) -> bool:
         return (self.faiss / "index").is_file()

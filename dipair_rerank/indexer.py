@@ -72,10 +72,32 @@ class IndexOptions:
     ray_address: str | None = None
     workers: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shard_rows", "threads", "pq_m", "num_shards", "workers"):
+            if getattr(self, name) < 1:
+                raise DiPairError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise DiPairError(f"--shard-id must be in [0, --num-shards), got {self.shard_id} of {self.num_shards}")
+
     def codec_params(self, model: DiPairModel) -> dict[str, int]:
         if self.codec != "pq":
             return {}
         return {"m": self.pq_m, "pooled_bits": self.pq_pooled_bits if model.config.pooled_slot else 0}
+
+
+def _check_target(index_dir: Path, source: DocumentSource) -> None:
+    """Publishing replaces ``index_dir`` whole: refuse a target that holds anything but an index, or the input."""
+    inputs = [source.lucene] if source.lucene is not None else [
+        Path(source.spec)] if isinstance(source, CorpusSource) and not source.spec.startswith("irds:") else []
+    for path in inputs:
+        if index_dir.resolve() in (path.resolve(), *path.resolve().parents):
+            raise DiPairError(f"--index {index_dir} holds the input it would be built from ({path}); publishing "
+                              "would replace it: choose another folder")
+    if index_dir.exists() and not index_dir.is_dir():
+        raise DiPairError(f"--index {index_dir} is a file; give a folder for the index")
+    if index_dir.is_dir() and not (index_dir / MANIFEST).is_file() and any(index_dir.iterdir()):
+        raise DiPairError(f"--index {index_dir} exists and is not a dipair-rerank index (no {MANIFEST}); building "
+                          "would replace it and everything in it: choose another folder")
 
 
 def _staging_dir(index_dir: Path) -> Path:
@@ -278,9 +300,7 @@ def build_index(
     torch.set_num_threads(options.threads)
     index_dir = Path(index_dir)
     source = CorpusSource(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus
-    if source.lucene is not None and index_dir.resolve() in (source.lucene, *source.lucene.parents):
-        raise DiPairError(f"--index {index_dir} holds the Lucene index it would be built from ({source.lucene}); "
-                          "publishing would replace it: choose another folder")
+    _check_target(index_dir, source)
     model_spec = str(model) if isinstance(model, (str, Path)) else ("default" if model is None else IN_INDEX_MODEL)
     if isinstance(model, (str, Path)) and Path(model).exists():
         model_spec = str(Path(model).resolve())

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, write_run
+from dipair_rerank.errors import DiPairError
 from dipair_rerank.evaluate.latency import StageTimer
 from dipair_rerank.first_stage import FirstStage
 from dipair_rerank.pipeline import DiPairSearcher, as_run
@@ -27,6 +28,10 @@ def search_topics(
     )
     run = as_run(results)
     empty = [qid for qid in qids if not run[qid]]
+    if empty and len(empty) == len(qids):
+        hint = (": do the --candidates run's query ids match the topics'?" if searcher.first_stage.name == "run" else
+                "")
+        raise DiPairError(f"none of the {len(qids)} topics got any candidates (e.g. {', '.join(qids[:3])}){hint}")
     if empty:
         logger.warning("%d of %d topics got no candidates (e.g. %s)", len(empty), len(qids), ", ".join(empty[:3]))
     return run

@@ -135,7 +135,7 @@ def test_bad_lucene_indexes_get_one_line_and_nothing_is_written(tiny_lucene, tin
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     for target in (tiny_lucene, tiny_lucene.parent):  # publishing there would delete the index it reads
         _fails(["index", "--from-lucene", str(tiny_lucene), "--index", str(target), "--model", str(tiny_model_dir)],
-               capsys, "holds the Lucene index it would be built from")
+               capsys, "holds the input it would be built from")
     assert LuceneSource(tiny_lucene).count() == len(TINY_DOCS)
 
 

@@ -73,6 +73,18 @@ def test_rebuild_replaces_the_previous_index(tiny_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "idx"]
 
 
+def test_an_empty_folder_may_be_the_target_but_a_folder_with_files_is_kept(tiny_model, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", TINY_DOCS[:3])
+    (tmp_path / "empty").mkdir()
+    build_index(corpus, tmp_path / "empty", model=tiny_model, options=IndexOptions(**OPTIONS))
+    assert (tmp_path / "empty" / "manifest.json").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DiPairError, match="is not a dipair-rerank index"):
+        build_index(corpus, tmp_path / "mine", model=tiny_model, options=IndexOptions(**OPTIONS))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_shard_slices_publish_once_complete_and_equal_a_single_build(tiny_model, tiny_files, tmp_path):
     target = tmp_path / "sliced"
     for shard_id in (1, 0):

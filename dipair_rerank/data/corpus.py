@@ -1,4 +1,4 @@
-"""Corpora: Pyserini JsonCollection files (JSONL, or a folder of them) and ``irds:`` ids.
+"""Corpora: Pyserini JsonCollection files (JSONL, or a folder of them; BEIR's corpus.jsonl too) and ``irds:`` ids.
 
 Documents are validated as they stream (malformed JSON, missing fields, duplicate or empty ids, non-UTF-8 bytes)
 so a bad corpus fails with the file and line before anything is published.
@@ -62,11 +62,13 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
                 raise DiPairError(f"{where}: malformed JSON ({exc.msg})") from exc
             if not isinstance(record, dict):
                 raise DiPairError(f"{where}: expected a JSON object with 'id' and 'contents'")
-            docid, contents = record.get("id"), record.get("contents")
+            # Pyserini's JsonCollection ({id, contents}) or BEIR's corpus.jsonl ({_id, title, text})
+            docid = record.get("id", record.get("_id"))
+            contents = record.get("contents", record.get("text"))
             if docid is None or str(docid).strip() == "":
-                raise DiPairError(f"{where}: missing 'id'")
+                raise DiPairError(f"{where}: missing 'id' (or BEIR's '_id')")
             if contents is None:
-                raise DiPairError(f"{where}: document {docid} has no 'contents'")
+                raise DiPairError(f"{where}: document {docid} has no 'contents' (or BEIR's 'text')")
             if isinstance(contents, (dict, list)):
                 raise DiPairError(f"{where}: document {docid}: 'contents' must be text, got a JSON "
                                   f"{'object' if isinstance(contents, dict) else 'array'}")

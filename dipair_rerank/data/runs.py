@@ -6,6 +6,7 @@ Writes go to a temporary file renamed into place, so a failed search never leave
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,8 @@ from typing import Iterator, TextIO
 
 from dipair_rerank.errors import DiPairError
 
+logger = logging.getLogger(__name__)
+
 Run = dict[str, list[tuple[str, float]]]
 """qid -> [(docid, score), ...], best first."""
 
@@ -22,32 +25,47 @@ OUTPUT_FORMATS = ("trec", "msmarco")
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a 6-column TREC run; each query's list is re-sorted best first."""
+    """Read a run in either format Pyserini writes: TREC (``qid Q0 docid rank score tag``) or MS MARCO
+    (``qid<TAB>docid<TAB>rank``, scored by rank). Each query's list is re-sorted best first; a docid listed twice
+    for one query keeps its first line (trec_eval refuses such runs), with a warning."""
     path = Path(path)
     if not path.is_file():
         raise DiPairError(f"run file not found: {path}")
-    run: Run = {}
+    run: dict[str, dict[str, float]] = {}
+    duplicates = 0
     with path.open(encoding="utf-8", errors="strict") as handle:
         try:
             for line_no, line in enumerate(handle, start=1):
                 cols = line.split()
                 if not cols:
                     continue
-                if len(cols) != 6:
-                    raise DiPairError(
-                        f"{path}:{line_no}: TREC run lines have 6 columns (qid Q0 docid rank score tag), "
-                        f"got {len(cols)}"
-                    )
-                try:
-                    score = float(cols[4])
-                except ValueError as exc:
-                    raise DiPairError(f"{path}:{line_no}: score {cols[4]!r} is not a number") from exc
-                run.setdefault(cols[0], []).append((cols[2], score))
+                qid, docid, score = _run_line(cols, path, line_no)
+                hits = run.setdefault(qid, {})
+                if docid in hits:
+                    duplicates += 1
+                else:
+                    hits[docid] = score
         except UnicodeDecodeError as exc:
             raise DiPairError(f"{path}: not UTF-8 ({exc.reason})") from exc
     if not run:
         raise DiPairError(f"{path}: empty run")
-    return {qid: sort_hits(hits) for qid, hits in run.items()}
+    if duplicates:
+        logger.warning("%s: %d lines repeat a docid already listed for their query; kept the first of each",
+                       path, duplicates)
+    return {qid: sort_hits(hits.items()) for qid, hits in run.items()}
+
+
+def _run_line(cols: list[str], path: Path, line_no: int) -> tuple[str, str, float]:
+    """(qid, docid, score) of one TREC (6 columns) or MS MARCO (3 columns: score = -rank) line."""
+    if len(cols) not in (3, 6):
+        raise DiPairError(f"{path}:{line_no}: run lines have 6 columns (TREC: qid Q0 docid rank score tag) or 3 "
+                          f"(MS MARCO: qid docid rank), got {len(cols)}")
+    column, name = (4, "score") if len(cols) == 6 else (2, "rank")
+    try:
+        value = float(cols[column])
+    except ValueError as exc:
+        raise DiPairError(f"{path}:{line_no}: {name} {cols[column]!r} is not a number") from exc
+    return (cols[0], cols[2], value) if len(cols) == 6 else (cols[0], cols[1], -value)
 
 
 def sort_hits(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:

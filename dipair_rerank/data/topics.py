@@ -13,7 +13,9 @@ logger = logging.getLogger(__name__)
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
-        raise DiPairError(f"file not found: {path}")
+        named = "/" not in str(path) and not path.suffix  # e.g. dl19-passage, a Pyserini topics/qrels name
+        hint = "; Pyserini's topic and qrels names need the network: give a file or irds:ID" if named else ""
+        raise DiPairError(f"file not found: {path}{hint}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

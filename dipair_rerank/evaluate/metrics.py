@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -9,6 +10,8 @@ from dipair_rerank.data.runs import Run
 from dipair_rerank.errors import DiPairError
 
 from dipair_rerank.defaults import DEFAULT_MEASURES
+
+logger = logging.getLogger(__name__)
 
 
 class MeasureValue(NamedTuple):
@@ -34,6 +37,7 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run, measures: str | Iterabl
     import ir_measures
 
     parsed = parse_measures(measures)
+    _check_shared_queries(qrels, run)
     run_dict = {qid: {docid: float(score) for docid, score in hits} for qid, hits in run.items()}
     for qid in qrels:
         run_dict.setdefault(qid, {})
@@ -45,3 +49,16 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run, measures: str | Iterabl
     aggregate = ir_measures.calc_aggregate(parsed, qrels, run_dict)
     values.extend(MeasureValue(str(m), "all", float(aggregate[m])) for m in parsed)
     return values
+
+
+def _check_shared_queries(qrels: dict[str, dict[str, int]], run: Run) -> None:
+    """Refuse a run and qrels with no query in common (the wrong topics or qrels: every value would read 0), and
+    warn when some judged queries have no run lines (they count as zero)."""
+    judged = set(qrels)
+    shared = judged & set(run)
+    if not shared:
+        raise DiPairError(f"the run and the qrels share no query ids (run: {', '.join(sorted(run)[:3])}, ...; "
+                          f"qrels: {', '.join(sorted(judged)[:3])}, ...): are they for the same topics?")
+    if len(shared) < len(judged):
+        logger.warning("%d of %d judged queries have no lines in the run; they count as zero (e.g. %s)",
+                       len(judged) - len(shared), len(judged), ", ".join(sorted(judged - shared)[:3]))

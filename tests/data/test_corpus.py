@@ -14,6 +14,12 @@ def test_reads_jsonl_with_flat_title(tmp_path):
     assert [(d.docid, d.text) for d in docs] == [("1", "T body"), ("b", "x")]
 
 
+def test_reads_beir_corpus_lines(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"_id": "4983", "title": "T", "text": "body", "metadata": {}}) + "\n")
+    assert [(d.docid, d.text) for d in read_corpus(path)] == [("4983", "T body")]
+
+
 def test_title_already_leading_contents_is_not_repeated():
     assert flat_text("a title .", "a title . the body") == "a title . the body"
     assert flat_text(None, "body") == "body"

@@ -40,8 +40,22 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_wrong_column_count(tmp_path):
     path = tmp_path / "r.trec"
     path.write_text("q1 Q0 d1 1 2.0 tag\nq1 d2 2 1.0\n")
-    with pytest.raises(DiPairError, match="r.trec:2: TREC run lines have 6 columns"):
+    with pytest.raises(DiPairError, match=r"r.trec:2: run lines have 6 columns .* or 3 .* got 4"):
         read_run(path)
+
+
+def test_reads_the_msmarco_format_it_writes(tmp_path):
+    path = write_run({"q1": [("a", 3.0), ("b", 2.0), ("c", 1.0)], "q2": [("x", 0.5)]}, tmp_path / "r.tsv",
+                     output_format="msmarco")
+    run = read_run(path)
+    assert {qid: [docid for docid, _ in hits] for qid, hits in run.items()} == {"q1": ["a", "b", "c"], "q2": ["x"]}
+
+
+def test_a_repeated_docid_keeps_its_first_line(tmp_path, caplog):
+    path = tmp_path / "r.trec"
+    path.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\nq1 Q0 d1 3 0.5 t\n")
+    assert read_run(path) == {"q1": [("d1", 2.0), ("d2", 1.0)]}
+    assert "1 lines repeat a docid" in caplog.text
 
 
 @settings(max_examples=60, deadline=None)

@@ -28,3 +28,14 @@ def test_trec_eval_style_lines():
 def test_unknown_measure():
     with pytest.raises(DiPairError, match="unknown measure"):
         evaluate({"q": {"a": 1}}, {"q": [("a", 1.0)]}, "NotAMeasure@3")
+
+
+def test_a_run_for_other_queries_is_refused_not_scored_zero():
+    with pytest.raises(DiPairError, match="share no query ids"):
+        evaluate({"201": {"a": 1}}, {"q1": [("a", 1.0)]}, "nDCG@10")
+
+
+def test_judged_queries_missing_from_the_run_count_as_zero_with_a_warning(caplog):
+    (value,) = evaluate({"q": {"a": 1}, "r": {"b": 1}}, {"q": [("a", 1.0)]}, "RR@10")
+    assert value.value == 0.5
+    assert "1 of 2 judged queries have no lines in the run" in caplog.text
