@@ -412,10 +412,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, printed)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes, each loading its own model with --threads/N threads (default 1). "
-                   "Batching happens within a process, so 1 serves best while one process's batches can use the "
-                   "cores (2 cores: use 1); more only adds memory and splits the batches")
+    p.add_argument("--workers", type=int, default=None,
+                   help="server processes, each loading its own model (~1.2 GB resident) and batching its own "
+                   "requests: a batch runs on --threads/N threads, a lone request on all --threads (default: 2, or "
+                   "1 with --threads 1). On 2 cores, 2 workers served 1.9x the requests/s of 1 at concurrency 16 with "
+                   "the same single-request latency (eval/RESULTS.md); use 1 to halve the memory")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch / ONNX Runtime / Lucene threads")
     p.add_argument("--max-documents", type=int, default=1000,
                    help="candidates per /rerank request, and the largest /search k and depth (default 1000)")
@@ -440,6 +441,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from dipair_rerank.serve.server import run_server
     from dipair_rerank.serve.service import ServeOptions
 
+    if args.workers is None:
+        args.workers = min(2, args.threads)
     _require_positive(args, "workers", "threads", "max_documents", "max_document_chars")
     if not 0 <= args.port <= 65535 or args.max_wait_ms < 0:
         raise DiPairError("--port must be in 0..65535 and --max-wait-ms at least 0")

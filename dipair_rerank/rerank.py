@@ -117,6 +117,9 @@ class DiPairReranker:
         model: the model whose document branch built ``cache`` (checked by fingerprint).
         cache: the index's prefix cache.
         threads: torch (and ONNX Runtime) intra-op threads (None leaves torch's setting).
+        batch_threads: threads of calls over several queries' candidates (default ``threads``). A service with
+            several worker processes gives each its share of the cores for batches, while a lone request, most
+            likely alone on the machine, may use them all (``serve --workers``).
         timer: where per-stage timings go (a fresh StageTimer by default).
         query_backend: where the query-time graphs run: "onnx" (ONNX Runtime fp32, for the query branch and the
             head), "onnx-int8" (the same with the query branch's weights in int8 blocks, ~20% faster per query,
@@ -127,24 +130,26 @@ class DiPairReranker:
     """
 
     def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
-                 timer: StageTimer | None = None, query_backend: str = "auto", heap_slack_mb: float | None = None):
+                 batch_threads: int | None = None, timer: StageTimer | None = None, query_backend: str = "auto",
+                 heap_slack_mb: float | None = None):
         if model.fingerprint() != cache.model_fingerprint:
             raise DiPairError(
                 f"the cache at {cache.folder} was built by model {cache.model_fingerprint[:12]}, not by the "
                 f"requested model {model.fingerprint()[:12]}; re-index with this model or omit --model"
             )
-        if threads is not None:
-            torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
+        self.batch_threads = batch_threads or self.threads
+        if threads is not None or batch_threads is not None:
+            torch.set_num_threads(self.batch_threads)  # torch runs the big calls: texts' document branch
         self.model = model.eval()
         self.cache = cache
         self.timer = timer or StageTimer()
         self._heap = HeapGuard(heap_slack_mb)  # flat RSS over many variable-size batches (see _memory.py)
-        self._encode_queries, self._onnx_head = self._query_graphs(query_backend, self.threads)
+        self._encode_queries, self._onnx_head = self._query_graphs(query_backend)
         self._query_token_ids = query_token_ids(model.tokenizer, model.config.query_max_length)
         self._pad_id = model.tokenizer.pad_token_id or 0
 
-    def _query_graphs(self, backend: str, threads: int):
+    def _query_graphs(self, backend: str):
         """(query encoder, ONNX head or None for torch's) for ``backend``."""
         from dipair_rerank.model.onnx_head import OnnxHead, head_exports
         from dipair_rerank.model.onnx_query import OnnxQueryEncoder, int8_available, onnx_available
@@ -157,13 +162,16 @@ class DiPairReranker:
             return self.model.encode_queries, None
         if not onnx_available():
             raise DiPairError("query backend 'onnx' needs the onnx and onnxruntime packages (pip install onnx onnxruntime)")
-        head = OnnxHead(self.model, threads=threads, small_call=SMALL_HEAD_CALL) if head_exports(self.model) else None
-        return OnnxQueryEncoder(self.model, threads=threads, int8=backend == "onnx-int8"), head
+        head = None
+        if head_exports(self.model):  # calls over more than SMALL_HEAD_CALL pairs are batches
+            head = OnnxHead(self.model, threads=self.batch_threads, small_call=SMALL_HEAD_CALL)
+        return OnnxQueryEncoder(self.model, threads=self.threads, batch_threads=self.batch_threads,
+                                int8=backend == "onnx-int8"), head
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
-                   threads: int | None = None, query_backend: str = "auto", heap_slack_mb: float | None = None
-                   ) -> "DiPairReranker":
+                   threads: int | None = None, batch_threads: int | None = None, query_backend: str = "auto",
+                   heap_slack_mb: float | None = None) -> "DiPairReranker":
         """The re-ranker for ``index_dir``, with the model recorded in its manifest unless ``model`` is given."""
         layout = IndexLayout(Path(index_dir))
         manifest = layout.manifest()
@@ -172,8 +180,8 @@ class DiPairReranker:
             if (layout.root / recorded).is_dir():  # a model saved inside the index
                 recorded = layout.root / recorded
             model = load_model(model if model is not None else recorded)
-        return cls(model, PrefixCache(layout.cache), threads=threads, query_backend=query_backend,
-                   heap_slack_mb=heap_slack_mb)
+        return cls(model, PrefixCache(layout.cache), threads=threads, batch_threads=batch_threads,
+                   query_backend=query_backend, heap_slack_mb=heap_slack_mb)
 
     # ----- the three stages -----------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> Prefix:
@@ -199,7 +207,7 @@ class DiPairReranker:
             with self.timer.time("head", len(counts)):
                 return self._onnx_head(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
         with torch.inference_mode(), self.timer.time("head", len(counts)), \
-                torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.threads):
+                torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.batch_threads):
             return self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
 
     def warm_up(self, depth: int = 100) -> None:

@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", default=str(data / "corpus.jsonl"), help="texts for the texts variant")
     parser.add_argument("--depth", type=int, default=100, help="candidates per request")
     parser.add_argument("--threads", type=int, default=2, help="server (and in-process) torch threads")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="server processes (serve --workers; default: serve's own, 2 with 2 threads)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=430, help="docid requests per concurrency level")
     parser.add_argument("--text-requests", type=int, default=16,
@@ -73,10 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Server:
     """``dipair-rerank serve`` on a port the OS picks; its stdout is drained on a thread (and kept)."""
 
-    def __init__(self, index: str, threads: int):
+    def __init__(self, index: str, threads: int, workers: int | None = None):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dipair_rerank.cli", "serve", "--index", index, "--port", "0",
-             "--threads", str(threads)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--threads", str(threads), *(["--workers", str(workers)] if workers else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
@@ -96,15 +99,25 @@ class Server:
                 continue
             if match:
                 self.port = int(match.group(1))
+                self._wait_healthy(deadline)  # with --workers the port answers once a worker has loaded
                 return self.port
         self.process.kill()
         raise SystemExit(f"the service did not start:\n{''.join(self.log)[-3000:]}")
 
+    def _wait_healthy(self, deadline: float) -> None:
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit(f"the service did not answer /health:\n{''.join(self.log)[-3000:]}")
+
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS (this needs Linux)")
+        """The service's resident memory: its process and, with --workers, every worker process under it."""
+        return sum(_rss_mb(pid) for pid in _process_tree(self.process.pid))
 
     def sample_rss(self, until: threading.Event, every_s: float = 0.5) -> list[float]:
         """RSS every ``every_s`` until ``until`` is set (on a thread): a leak climbs, a trimmed heap saws."""
@@ -125,6 +138,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = children.read_text().split() if children.is_file() else []
+    return [pid, *(p for child in found for p in _process_tree(int(child)))]
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:  # a worker that has just exited
+        return 0.0
+    raise RuntimeError("no VmRSS (this needs Linux)")
 
 
 # ----- the load generator ---------------------------------------------------------------------------------------
@@ -268,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     docid_bodies = [(q, json.dumps({"query": topics[q], "docids": ids}).encode()) for q, ids in candidates.items()]
     text_bodies = [(q, json.dumps({"query": topics[q], "documents": texts[q]}).encode()) for q in candidates]
 
-    server = Server(args.index, args.threads)
+    server = Server(args.index, args.threads, args.workers)
     try:
         from dipair_rerank.rerank import DiPairReranker
 
@@ -333,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     report = [
         f"# bench_serve  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} cores  server threads {args.threads}  index {args.index}  "
+        f"{os.cpu_count()} cores  server threads {args.threads}  workers {args.workers or 'default'}  index {args.index}  "
         f"{len(candidates)} DL19 topics x BM25 top-{args.depth}",
         "",
         f"Load average (1, 5, 15 min) when the measurements began {_load(load_before)}, when they ended "

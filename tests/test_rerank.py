@@ -213,3 +213,18 @@ def test_query_token_ids_equal_the_transformers_tokenizer(tiny_model):
     batch = padded_batch(ids, tokenizer.pad_token_id)
     assert all(torch.equal(batch[key], reference[key]) for key in ("input_ids", "attention_mask"))
     assert tokenizer(queries[-1:])["input_ids"][0] != ids[-1]  # untruncated by default, as before
+
+
+def test_batches_run_on_their_own_thread_count_with_the_same_scores(tiny_index):
+    shared = DiPairReranker.from_index(tiny_index, threads=2, query_backend="onnx")
+    split = DiPairReranker.from_index(tiny_index, threads=2, batch_threads=1, query_backend="onnx")
+    encoder = split._encode_queries
+    assert shared._encode_queries.batch_session is shared._encode_queries.session
+    assert encoder.batch_session is not encoder.session
+    assert encoder.session.get_session_options().intra_op_num_threads == 2
+    assert encoder.batch_session.get_session_options().intra_op_num_threads == 1
+    queries, docids = ["quantum qubits", "pet cats and dogs"], [["d1", "d2", "d6"], ["d1", "d3"]]
+    for one, other in ((shared.rerank_batch(queries, docids), split.rerank_batch(queries, docids)),
+                       ([shared.rerank(queries[0], docids[0])], [split.rerank(queries[0], docids[0])])):
+        assert [[h.score for h in hits] for hits in one] == [pytest.approx([h.score for h in hits], abs=1e-5)
+                                                            for hits in other]

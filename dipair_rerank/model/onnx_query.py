@@ -228,15 +228,18 @@ class OnnxQueryEncoder:
 
     Args:
         model: the DiPair model (its query branch is exported on first use).
-        threads: ONNX Runtime intra-op threads.
+        threads: ONNX Runtime intra-op threads for one query.
+        batch_threads: ... for several queries at once (default ``threads``).
         int8: run the int8 copy of the graph (``quantize_query_branch``); eval/bench_query_int8.py measures what
             it costs in quality.
     """
 
-    def __init__(self, model: DiPairModel, *, threads: int = 1, int8: bool = False):
+    def __init__(self, model: DiPairModel, *, threads: int = 1, batch_threads: int | None = None, int8: bool = False):
         path = quantize_query_branch(model) if int8 else fused_query_branch(model)
         self.path = path  # the graph this encoder runs
         self.session = inference_session(path, threads)
+        batch_threads = batch_threads or threads
+        self.batch_session = self.session if batch_threads == threads else inference_session(path, batch_threads)
         self.min_length = model.config.query_prefix  # the graph was traced with at least this many tokens
         self.pad_id = model.tokenizer.pad_token_id or 0
 
@@ -247,5 +250,6 @@ class OnnxQueryEncoder:
         if short > 0:
             input_ids = np.pad(input_ids, ((0, 0), (0, short)), constant_values=self.pad_id)
             attention = np.pad(attention, ((0, 0), (0, short)))
-        vectors, mask, pooled = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention})
+        session = self.session if len(input_ids) == 1 else self.batch_session
+        vectors, mask, pooled = session.run(None, {"input_ids": input_ids, "attention_mask": attention})
         return Prefix(torch.from_numpy(vectors), torch.from_numpy(mask), torch.from_numpy(pooled))

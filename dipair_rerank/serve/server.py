@@ -40,8 +40,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
                log_level: str = "info") -> None:
-    """Serve until SIGTERM or Ctrl-C. ``workers`` > 1: that many processes, each with its own model, batcher and
-    ``threads // workers`` threads, sharing the socket (and, through the page cache, the cache files)."""
+    """Serve until SIGTERM or Ctrl-C. ``workers`` > 1: that many processes, each with its own model and batcher,
+    sharing the socket (and, through the page cache, the cache files); a batch runs on ``threads // workers``
+    threads, a lone request on ``threads`` (under load every worker is busy with batches; a lone request most
+    likely has the machine to itself)."""
     import uvicorn
 
     from dipair_rerank.index_layout import IndexLayout
@@ -64,10 +66,11 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
         _exit_zero_after_sigterm()  # only now: a SIGTERM while loading should simply end the process
         uvicorn.Server(uvicorn.Config(create_app(service), backlog=BACKLOG, **config_args)).run(sockets=[sock])
         return
-    per_worker = max(1, (options.threads or os.cpu_count() or 1) // workers)
-    os.environ[OPTIONS_ENV] = json.dumps(asdict(replace(options, threads=per_worker)))
-    print(f"serving {options.index} at {address} with {workers} worker processes ({per_worker} threads each; "
-          "each loads the model before it accepts requests)", flush=True)
+    threads = options.threads or os.cpu_count() or 1
+    per_worker = max(1, threads // workers)
+    os.environ[OPTIONS_ENV] = json.dumps(asdict(replace(options, threads=threads, batch_threads=per_worker)))
+    print(f"serving {options.index} at {address} with {workers} worker processes ({per_worker} threads per batch, "
+          f"{threads} for a lone request; each loads the model before it accepts requests)", flush=True)
     config = uvicorn.Config("dipair_rerank.serve.app:app_from_environment", factory=True, workers=workers,
                             backlog=BACKLOG, **config_args)
     _supervise(config, sock)

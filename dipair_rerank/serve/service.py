@@ -37,6 +37,8 @@ class ServeOptions:
         index: the index folder.
         first_stage: what /search retrieves with before re-ranking (dense needs an index built with --dense).
         threads: torch / ONNX Runtime / Lucene threads of this process (None: every core).
+        batch_threads: threads of a batch of several requests (None: ``threads``); ``serve --workers N`` gives
+            each worker its share of the cores for batches, and every core to a lone request.
         max_documents: candidates per /rerank request, and the largest k and depth of /search.
         max_document_chars: characters per document text (the model reads its first tokens only; longer texts
             are refused rather than tokenised in full).
@@ -55,6 +57,7 @@ class ServeOptions:
     index: str
     first_stage: str = "bm25"
     threads: int | None = None
+    batch_threads: int | None = None
     query_backend: str = "auto"
     max_documents: int = 1000
     max_document_chars: int = 20_000
@@ -120,8 +123,9 @@ class RerankService:
             raise DiPairError(f"unknown first stage {options.first_stage!r} (choose {', '.join(FIRST_STAGES)})")
         layout = IndexLayout(options.index)
         manifest = layout.manifest()
-        reranker = DiPairReranker.from_index(options.index, threads=options.threads,
-                                             query_backend=options.query_backend, heap_slack_mb=options.heap_slack_mb)
+        reranker = DiPairReranker.from_index(
+            options.index, threads=options.threads, batch_threads=options.batch_threads,
+            query_backend=options.query_backend, heap_slack_mb=options.heap_slack_mb)
         service = cls(DiPairSearcher(reranker, open_first_stage(layout, options.first_stage)), options,
                       manifest=manifest)
         service.warm_up()
@@ -164,6 +168,7 @@ class RerankService:
             "first_stage": self.options.first_stage,
             "max_documents": self.options.max_documents,
             "threads": self.reranker.threads,
+            "batch_threads": self.reranker.batch_threads,
             "pid": os.getpid(),
             "served": {"requests": stats.jobs, "batches": stats.batches, "largest_batch": stats.largest},
         }
@@ -197,7 +202,7 @@ class RerankService:
             return self.reranker.score_texts(queries, [job.texts for job in jobs],
                                              batch_size=self.options.text_batch_size)
         hits = self.searcher.search_many(queries, k=max(job.k for job in jobs), depth=depth,
-                                         threads=self.reranker.threads)
+                                         threads=self.reranker.batch_threads)
         return [found[: job.k] for found, job in zip(hits, jobs)]
 
 

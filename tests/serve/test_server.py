@@ -32,12 +32,10 @@ def _request(port: int, method: str, path: str, payload=None, timeout: float = 6
         connection.close()
 
 
-@pytest.fixture()
-def server(tiny_index):
-    """The service on port 0 (the OS picks a free one; the command prints it); yields (process, port)."""
+def _start(tiny_index, *options: str) -> tuple[subprocess.Popen, int]:
+    """The service on port 0 (the OS picks a free one; the command prints it): (process, port)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dipair_rerank.cli", "serve", "--index", str(tiny_index), "--port", "0",
-         "--threads", "1", "--max-documents", "5000"],
+        [sys.executable, "-m", "dipair_rerank.cli", "serve", "--index", str(tiny_index), "--port", "0", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -53,8 +51,37 @@ def server(tiny_index):
     if port is None:
         process.kill()
         pytest.fail(f"the service did not start: {''.join(seen)[-2000:]}")
+    return process, port
+
+
+@pytest.fixture()
+def server(tiny_index):
+    """One worker process (--threads 1); yields (process, port)."""
+    process, port = _start(tiny_index, "--threads", "1", "--max-documents", "5000")
     try:
         yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_two_workers_give_a_batch_half_the_threads_and_exit_zero_on_sigterm(tiny_index):
+    process, port = _start(tiny_index, "--threads", "2")  # --workers defaults to 2 with 2 threads
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # the port answers once a worker has loaded
+            try:
+                status, health = _request(port, "GET", "/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.5)
+        assert status == 200 and (health["threads"], health["batch_threads"]) == (2, 1)
+        status, answer = _request(port, "POST", "/rerank", {"query": "quantum qubits", "docids": ["d2", "d6"]})
+        assert status == 200 and len(answer["results"]) == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == 0
     finally:
         if process.poll() is None:
             process.kill()
