@@ -1,7 +1,7 @@
 """How the re-rank call's threads wait (issue 11): ONNX Runtime's spin policy and torch in the gather, quiet and
 with one core busy, side by side in one run: one query's re-rank call (p50 ms of the call and its stages) and
 BM25 + DiPair batched over all topics (queries/s, and its share of BM25 alone's rate, as eval/bench_latency.py's
-(d)).
+(d)); and the CPU the process burns in the 100 ms after a call while it has nothing to do (idle CPU ms).
 
 Arms (each in its own process, taking turns ``--rounds`` times, DL19 topics x BM25 top-100, 2 threads):
   shipped          ONNX Runtime workers spin within a call and stop when it ends (``onnx_query.inference_session``)
@@ -30,7 +30,7 @@ from bench_latency import busy_core
 from dipair_rerank.evaluate.report import format_rounds, publish_report
 
 ARMS = ("shipped", "no spinning", "spin on", "torch gather")
-STAGES = ["rerank", "query_encoding", "gather", "head", "batched q/s", "x BM25 alone"]
+STAGES = ["rerank", "query_encoding", "gather", "head", "idle CPU ms", "batched q/s", "x BM25 alone"]
 
 
 def apply_arm(arm: str) -> None:
@@ -81,7 +81,20 @@ def child(arm: str, index: str, threads: int, passes: int) -> None:
             reranker.rerank(query, docids)
             calls.append((time.perf_counter() - started) * 1000.0)
     stages = {stage: statistics.median(ms for ms, _ in entries) for stage, entries in reranker.timer.batches.items()}
-    print(json.dumps({"rerank": statistics.median(calls), **stages, **batched(index, threads, list(topics.values()))}))
+    idle = idle_cpu_ms(lambda: reranker.rerank(*queries[0]))
+    print(json.dumps({"rerank": statistics.median(calls), **stages, "idle CPU ms": idle,
+                      **batched(index, threads, list(topics.values()))}))
+
+
+def idle_cpu_ms(call, window_s: float = 0.1, repeats: int = 5) -> float:
+    """CPU this process burns in the ``window_s`` after a call while it has nothing to do (spinning workers)."""
+    burnt = []
+    for _ in range(repeats):
+        call()
+        started = time.process_time()
+        time.sleep(window_s)
+        burnt.append((time.process_time() - started) * 1000.0)
+    return statistics.median(burnt)
 
 
 def batched(index: str, threads: int, queries: list[str], repeats: int = 2) -> dict[str, float]:

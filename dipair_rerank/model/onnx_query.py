@@ -136,9 +136,10 @@ def inference_session(path: Path, threads: int):
     """An ONNX Runtime CPU session whose workers spin within a call and sleep between calls.
 
     Within: the int8 query graph runs ~100 operators of a few microseconds each, and waking a sleeping worker for
-    every one cost more than the work (query encoding 2.3 -> 1.6 ms with spinning, eval/thread_policy.py).
-    Between: a worker left spinning after the call burns its core for ~25 ms, stealing it from the next stage,
-    the JVM or another process (the collapse torch's OpenMP pool shows on a shared CPU)."""
+    every one cost more than the work (a DL19 query's encoding 2.4 -> 1.7 ms, eval/thread_policy.py).
+    Between: a worker left spinning after the call burns its core for tens of milliseconds (the same script's
+    idle CPU), stealing it from the next stage, the JVM or another process (the collapse torch's OpenMP pool shows
+    on a shared CPU)."""
     import onnxruntime as ort
 
     ort.disable_telemetry_events()  # a re-ranker should not look up Microsoft's telemetry host per process
