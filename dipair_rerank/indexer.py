@@ -87,8 +87,12 @@ class IndexOptions:
 
 def _check_target(index_dir: Path, source: DocumentSource) -> None:
     """Publishing replaces ``index_dir`` whole: refuse a target that holds anything but an index, or the input."""
-    inputs = [source.lucene] if source.lucene is not None else [
-        Path(source.spec)] if isinstance(source, CorpusSource) and not source.spec.startswith("irds:") else []
+    if source.lucene is not None:
+        inputs = [source.lucene]
+    elif isinstance(source, CorpusSource) and not source.spec.startswith("irds:"):
+        inputs = [Path(source.spec)]  # a JSONL file or folder
+    else:
+        inputs = []
     for path in inputs:
         if index_dir.resolve() in (path.resolve(), *path.resolve().parents):
             raise DiPairError(f"--index {index_dir} holds the input it would be built from ({path}); publishing "

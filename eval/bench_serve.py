@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     report = [
         f"# bench_serve  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} cores  server threads {args.threads}  workers {args.workers or 'default'}  index {args.index}  "
+        f"{os.cpu_count()} cores  server threads {args.threads}  workers {args.workers or 'default'}  "
+        f"index {args.index}  "
         f"{len(candidates)} DL19 topics x BM25 top-{args.depth}",
         "",
         f"Load average (1, 5, 15 min) when the measurements began {_load(load_before)}, when they ended "

@@ -26,17 +26,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child(index: str, threads: int, passes: int) -> None:
-    """Time this process's revision (the one ``dipair_rerank`` imports from); print one JSON line."""
+def dl19_queries() -> list[tuple[str, list[str]]]:
+    """(query, its BM25 top-100 docids) for every DL19 topic."""
     from dipair_rerank.data import read_run, read_topics, shared_data_dir
-    from dipair_rerank.evaluate.latency import StageTimer
-    from dipair_rerank.rerank import DiPairReranker
 
     data = shared_data_dir() / "msmarco-dl19"
     topics = read_topics(data / "queries.tsv")
     run = read_run(data / "runs" / "bm25.top100.trec")
-    queries = [(topics[qid], [docid for docid, _ in run[qid][:100]]) for qid in topics if qid in run]
-    reranker = DiPairReranker.from_index(index, threads=threads)
+    return [(topics[qid], [docid for docid, _ in run[qid][:100]]) for qid in topics if qid in run]
+
+
+def time_reranker(reranker, queries: list[tuple[str, list[str]]], passes: int) -> dict[str, float]:
+    """Median ms of the whole ``rerank`` call and of each stage, one query at a time, after an untimed pass."""
+    from dipair_rerank.evaluate.latency import StageTimer
+
     reranker.warm_up()
     for query, docids in queries:  # untimed: every candidate's cache page resident
         reranker.rerank(query, docids)
@@ -48,7 +51,15 @@ def child(index: str, threads: int, passes: int) -> None:
             reranker.rerank(query, docids)
             calls.append((time.perf_counter() - started) * 1000.0)
     stages = {stage: statistics.median(ms for ms, _ in entries) for stage, entries in reranker.timer.batches.items()}
-    print(json.dumps({"rerank": statistics.median(calls), **stages}))
+    return {"rerank": statistics.median(calls), **stages}
+
+
+def child(index: str, threads: int, passes: int) -> None:
+    """Time this process's revision (the one ``dipair_rerank`` imports from); print one JSON line."""
+    from dipair_rerank.rerank import DiPairReranker
+
+    reranker = DiPairReranker.from_index(index, threads=threads)
+    print(json.dumps(time_reranker(reranker, dl19_queries(), passes)))
 
 
 def measure(source: Path, args: argparse.Namespace) -> dict[str, float]:

@@ -27,6 +27,7 @@ from contextlib import nullcontext
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_latency import busy_core
+from compare_revisions import dl19_queries, time_reranker
 from dipair_rerank.evaluate.report import format_rounds, publish_report
 
 ARMS = ("shipped", "no spinning", "spin on", "torch gather")
@@ -61,29 +62,13 @@ def apply_arm(arm: str) -> None:
 def child(arm: str, index: str, threads: int, passes: int) -> None:
     """Time ``arm`` in this process; print one JSON line (medians of the call and of each stage)."""
     apply_arm(arm)
-    from dipair_rerank.data import read_run, read_topics, shared_data_dir
-    from dipair_rerank.evaluate.latency import StageTimer
     from dipair_rerank.rerank import DiPairReranker
 
-    data = shared_data_dir() / "msmarco-dl19"
-    topics = read_topics(data / "queries.tsv")
-    run = read_run(data / "runs" / "bm25.top100.trec")
-    queries = [(topics[qid], [docid for docid, _ in run[qid][:100]]) for qid in topics if qid in run]
+    queries = dl19_queries()
     reranker = DiPairReranker.from_index(index, threads=threads)
-    reranker.warm_up()
-    for query, docids in queries:  # untimed: every candidate's cache page resident
-        reranker.rerank(query, docids)
-    reranker.timer = StageTimer()
-    calls = []
-    for _ in range(passes):
-        for query, docids in queries:
-            started = time.perf_counter()
-            reranker.rerank(query, docids)
-            calls.append((time.perf_counter() - started) * 1000.0)
-    stages = {stage: statistics.median(ms for ms, _ in entries) for stage, entries in reranker.timer.batches.items()}
+    timings = time_reranker(reranker, queries, passes)
     idle = idle_cpu_ms(lambda: reranker.rerank(*queries[0]))
-    print(json.dumps({"rerank": statistics.median(calls), **stages, "idle CPU ms": idle,
-                      **batched(index, threads, list(topics.values()))}))
+    print(json.dumps({**timings, "idle CPU ms": idle, **batched(index, threads, [query for query, _ in queries])}))
 
 
 def idle_cpu_ms(call, window_s: float = 0.1, repeats: int = 5) -> float:

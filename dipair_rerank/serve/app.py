@@ -125,7 +125,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class Answer(JSONResponse):
-    """A JSON answer rendered by pydantic-core: a 100-result answer in ~0.02 ms against ~0.1 with the json module,
+    """A JSON answer rendered by pydantic-core, several times faster than the json module on a 100-result answer:
     time the event loop spends beside every batch."""
 
     def render(self, content: Any) -> bytes:
