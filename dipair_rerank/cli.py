@@ -415,8 +415,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="server processes, each loading its own model (~1.2 GB resident) and batching its own "
                    "requests: a batch runs on --threads/N threads, a lone request on all --threads (default: 2, or "
-                   "1 with --threads 1). On 2 cores, 2 workers served 375 requests/s at concurrency 16 against 322 for "
-                   "1, at the same single-request latency (eval/RESULTS.md); use 1 to halve the memory")
+                   "1 with --threads 1). On 2 cores, 2 workers served 375-431 requests/s at concurrency 16, 1 "
+                   "worker 322, at the same single-request latency (eval/RESULTS.md); use 1 to halve the memory")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch / ONNX Runtime / Lucene threads")
     p.add_argument("--max-documents", type=int, default=1000,
                    help="candidates per /rerank request, and the largest /search k and depth (default 1000)")
