@@ -70,8 +70,9 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     per_worker = max(1, threads // workers)
     os.environ[OPTIONS_ENV] = json.dumps(asdict(replace(options, threads=threads, batch_threads=per_worker)))
     sock.listen(BACKLOG)  # connections queue from now on, answered once a worker has loaded (not refused)
-    print(f"serving {options.index} at {address} with {workers} worker processes ({per_worker} thread{'s' * (per_worker > 1)} per batch, "
-          f"{threads} for a lone request; requests wait until a worker has loaded the model)", flush=True)
+    batch = f"{per_worker} thread{'s' * (per_worker > 1)} per batch"
+    print(f"serving {options.index} at {address} with {workers} worker processes ({batch}, {threads} for a lone "
+          "request; requests wait until a worker has loaded the model)", flush=True)
     config = uvicorn.Config("dipair_rerank.serve.app:app_from_environment", factory=True, workers=workers,
                             backlog=BACKLOG, **config_args)
     _supervise(config, sock)
