@@ -101,7 +101,7 @@ class Server:
                 self.port = int(match.group(1))
                 self._wait_healthy(deadline)  # with --workers the port answers once a worker has loaded
                 return self.port
-        self.process.kill()
+        self.kill()
         raise SystemExit(f"the service did not start:\n{''.join(self.log)[-3000:]}")
 
     def _wait_healthy(self, deadline: float) -> None:
@@ -130,14 +130,23 @@ class Server:
         threading.Thread(target=sample, daemon=True).start()
         return samples
 
+    def kill(self) -> None:
+        """SIGKILL the service and, with --workers, its worker processes (they would outlive a killed supervisor)."""
+        for pid in reversed(_process_tree(self.process.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+
     def stop(self) -> int:
         """SIGTERM, then the exit status (killed after 120 s: reported as such)."""
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(120)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            self.kill()
+            return self.process.returncode
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -335,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         exit_status = server.stop()
         load_after = os.getloadavg()
     except BaseException:  # never leave the server running
-        server.process.kill()
+        server.kill()
         raise
 
     rows = [level.row() for level in levels]
