@@ -198,7 +198,7 @@ class DiPairReranker:
     def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer.time("gather", queries):
             blocks, lengths = self.cache.gather(self.cache.rows(docids))
-            return self.model.document_blocks(blocks, lengths)
+            return self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None)
 
     def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
         pairs = d_vectors.shape[0]

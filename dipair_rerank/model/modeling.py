@@ -255,12 +255,16 @@ class DiPairModel(nn.Module):
         vectors = _fp16_round(prefix.vectors) * prefix.mask.unsqueeze(-1)
         return Prefix(vectors, prefix.mask, prefix.pooled)
 
-    def document_blocks(self, vectors: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def document_blocks(self, vectors: np.ndarray, lengths: np.ndarray, *, widen: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Head inputs from stored document rows (a cache gather, or ``encode_documents`` for plain texts):
-        float vectors [k, slots, d_p] (a copy: the cache reuses its buffer) and the mask of real slots (the
-        first ``lengths`` prefix slots, plus the pooled slot and any residual rows)."""
+        float32 vectors [k, slots, d_p] (a copy: the cache reuses its buffer) and the mask of real slots (the
+        first ``lengths`` prefix slots, plus the pooled slot and any residual rows). Without ``widen``, fp16
+        rows stay fp16 and uncopied, for a head that widens them itself in the same call (``OnnxHead``)."""
         slots = np.arange(self.doc_block_slots)
         mask = (slots < lengths[:, None]) | (slots >= self.config.doc_prefix)
+        if not widen and vectors.dtype == np.float16:
+            return torch.from_numpy(vectors), torch.from_numpy(mask)
         # numpy converts on this thread: torch would fan a conversion this size out to its OpenMP workers, which
         # stall when another process holds a core (the gather took 5x longer with one core busy)
         return torch.from_numpy(vectors.astype(np.float32)), torch.from_numpy(mask)

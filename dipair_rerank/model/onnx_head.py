@@ -3,7 +3,9 @@
 One query's head is ~60 small tensor ops over 100 candidates; PyTorch spends much of that call in per-op
 dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores equal to 1e-5. Its
 threads spin only within a call (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
-exported once per model (keyed by its fingerprint) beside the query branch's.
+exported once per model (keyed by its fingerprint) beside the query branch's, and once per document dtype: the
+fp16 cache's blocks go in as they are stored and are widened inside the graph (ONNX Runtime's vectorised cast on
+the call's threads, into its reused arena: numpy's took 7-10 ms of a 43-query batch's ~35 ms re-rank).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dipair_rerank.model.onnx_query import cache_dir, export_graph, inference_se
 logger = logging.getLogger(__name__)
 
 INPUTS = ["q_vectors", "q_mask", "d_vectors", "d_mask", "query_index"]
-GRAPH_VERSION = 2  # part of the exported file's name: a graph exported by older code is not reused
+GRAPH_VERSION = 3  # part of the exported file's name: a graph exported by older code is not reused
 
 
 class _Head(torch.nn.Module):
@@ -38,14 +40,15 @@ def head_exports(model: DiPairModel) -> bool:
     return len(model.head.layers) == 1
 
 
-def export_head(model: DiPairModel, path: Path) -> Path:
-    """Write the head as ONNX (any number of queries and pairs), atomically.
+def export_head(model: DiPairModel, path: Path, documents: torch.dtype = torch.float32) -> Path:
+    """Write the head as ONNX (any number of queries and pairs; document blocks of dtype ``documents``),
+    atomically.
 
     Traced with two queries: ``score_prefixes`` has a shortcut for a single query whose shape test the tracer
     would freeze; the general path gives the same numbers for one query as for many."""
     width, q_slots, d_slots = model.config.proj_dim, model.query_block_slots, model.doc_block_slots
     example = (torch.randn(2, q_slots, width), torch.ones(2, q_slots, dtype=torch.bool),
-               torch.randn(3, d_slots, width), torch.ones(3, d_slots, dtype=torch.bool),
+               torch.randn(3, d_slots, width).to(documents), torch.ones(3, d_slots, dtype=torch.bool),
                torch.tensor([0, 1, 1]))
     queries, pairs = {0: "queries"}, {0: "pairs"}
     return export_graph(_Head(model.eval()), example, path, inputs=INPUTS, outputs=["scores"],
@@ -54,7 +57,8 @@ def export_head(model: DiPairModel, path: Path) -> Path:
 
 
 class OnnxHead:
-    """Drop-in for ``DiPairModel.score_prefixes`` at inference (``query_index`` required).
+    """Drop-in for ``DiPairModel.score_prefixes`` at inference (``query_index`` required; document blocks in
+    float32 or float16).
 
     Args:
         model: the DiPair model (its head is exported on first use).
@@ -63,17 +67,28 @@ class OnnxHead:
     """
 
     def __init__(self, model: DiPairModel, *, threads: int = 1, small_call: int = 512):
-        path = cache_dir() / "onnx" / f"head-v{GRAPH_VERSION}-{model.fingerprint()[:20]}.onnx"
-        if not path.is_file():
-            logger.info("exporting the head to %s", path)
-            export_head(model, path)
-        self.small = inference_session(path, 1)
-        self.large = inference_session(path, threads) if threads > 1 else self.small
-        self.small_call = small_call
+        self.model, self.threads, self.small_call = model, threads, small_call
+        self._sessions: dict[tuple[torch.dtype, bool], object] = {}
+        self._session(torch.float32, large=False)  # the common graph exported up front, not in a first query
+
+    def _session(self, documents: torch.dtype, *, large: bool):
+        """The session for document blocks of dtype ``documents``, on ``threads`` threads if ``large``."""
+        large = large and self.threads > 1
+        key = (documents, large)
+        if key not in self._sessions:
+            kind = "" if documents == torch.float32 else f"-{str(documents).removeprefix('torch.')}"
+            path = cache_dir() / "onnx" / f"head-v{GRAPH_VERSION}-{self.model.fingerprint()[:20]}{kind}.onnx"
+            if not path.is_file():
+                logger.info("exporting the head to %s", path)
+                export_head(self.model, path, documents)
+            self._sessions[key] = inference_session(path, self.threads if large else 1)
+        return self._sessions[key]
 
     def __call__(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, d_vectors: torch.Tensor, d_mask: torch.Tensor,
                  query_index: torch.Tensor) -> torch.Tensor:
-        session = self.small if len(query_index) <= self.small_call else self.large
-        arrays = (q_vectors.float(), q_mask, d_vectors.float(), d_mask, query_index.long())
+        if d_vectors.dtype != torch.float16:
+            d_vectors = d_vectors.float()
+        session = self._session(d_vectors.dtype, large=len(query_index) > self.small_call)
+        arrays = (q_vectors.float(), q_mask, d_vectors, d_mask, query_index.long())
         feeds = {name: np.ascontiguousarray(array.numpy()) for name, array in zip(INPUTS, arrays)}
         return torch.from_numpy(session.run(None, feeds)[0])

@@ -43,3 +43,16 @@ def test_exporting_the_head_leaves_the_model_in_eval_mode(tmp_path):
 def test_only_one_layer_heads_are_exported():
     assert head_exports(DiPairModel(tiny_config(head_layers=1)))
     assert not head_exports(DiPairModel(tiny_config(head_layers=2)))
+
+
+def test_fp16_document_blocks_are_widened_in_the_graph():
+    """The fp16 cache's blocks go in as stored: the same scores as their float32 copies."""
+    model = DiPairModel(tiny_config(head_layers=1, seed=4)).eval()
+    q_vectors, q_mask, d_vectors, d_mask, query_index = _blocks(model, 3, pairs=30)
+    head = OnnxHead(model, threads=2, small_call=16)
+    stored = d_vectors.half()
+    with torch.inference_mode():
+        expected = model.score_prefixes(q_vectors, q_mask, stored.float(), d_mask, query_index)
+    for call in (head, OnnxHead(model, threads=1)):  # the two-thread session and the one-thread one
+        scores = call(q_vectors, q_mask, stored, d_mask, query_index)
+        assert scores.numpy() == pytest.approx(expected.numpy(), abs=1e-5)
