@@ -92,6 +92,21 @@ def test_a_job_that_queued_behind_a_batch_waits_for_company(recorder):
     batcher.stop()
 
 
+def test_a_busy_batch_stops_waiting_once_the_last_batchs_clients_are_back(recorder):
+    """A closed loop of clients: the batch after one of three starts as soon as three have come, not after the
+    whole wait (which would idle the worker between every two batches)."""
+    batcher = _batcher(recorder, max_wait_ms=2000)
+    first = _worker_busy_with_first(batcher, recorder)
+    trio = [batcher.submit_future(name) for name in ("a", "b", "c")]
+    recorder.hold.set()
+    [f.result(5) for f in [first, *trio]]
+    started = time.perf_counter()
+    again = [batcher.submit_future(name) for name in ("d", "e", "f")]  # the three clients, answered, are back
+    assert [f.result(5) for f in again] == ["D", "E", "F"]
+    assert time.perf_counter() - started < 1.0 and recorder.batches[-1] == ["d", "e", "f"]
+    batcher.stop()
+
+
 def test_batches_stop_growing_at_max_jobs_and_max_size(recorder):
     batcher = _batcher(recorder, max_jobs=2, size=len, max_size=100)
     first = _worker_busy_with_first(batcher, recorder)
