@@ -67,28 +67,24 @@ class OnnxHead:
     """
 
     def __init__(self, model: DiPairModel, *, threads: int = 1, small_call: int = 512):
-        self.model, self.threads, self.small_call = model, threads, small_call
-        self._sessions: dict[tuple[torch.dtype, bool], object] = {}
-        self._session(torch.float32, large=False)  # the common graph exported up front, not in a first query
-
-    def _session(self, documents: torch.dtype, *, large: bool):
-        """The session for document blocks of dtype ``documents``, on ``threads`` threads if ``large``."""
-        large = large and self.threads > 1
-        key = (documents, large)
-        if key not in self._sessions:
-            kind = "" if documents == torch.float32 else f"-{str(documents).removeprefix('torch.')}"
-            path = cache_dir() / "onnx" / f"head-v{GRAPH_VERSION}-{self.model.fingerprint()[:20]}{kind}.onnx"
+        self.small_call = small_call
+        # (document dtype, large call) -> session; all made here, none in the middle of a query
+        self._sessions = {}
+        for documents in (torch.float32, torch.float16):
+            kind = "" if documents == torch.float32 else "-float16"
+            path = cache_dir() / "onnx" / f"head-v{GRAPH_VERSION}-{model.fingerprint()[:20]}{kind}.onnx"
             if not path.is_file():
                 logger.info("exporting the head to %s", path)
-                export_head(self.model, path, documents)
-            self._sessions[key] = inference_session(path, self.threads if large else 1)
-        return self._sessions[key]
+                export_head(model, path, documents)
+            small = inference_session(path, 1)
+            self._sessions[documents, False] = small
+            self._sessions[documents, True] = inference_session(path, threads) if threads > 1 else small
 
     def __call__(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, d_vectors: torch.Tensor, d_mask: torch.Tensor,
                  query_index: torch.Tensor) -> torch.Tensor:
         if d_vectors.dtype != torch.float16:
             d_vectors = d_vectors.float()
-        session = self._session(d_vectors.dtype, large=len(query_index) > self.small_call)
+        session = self._sessions[d_vectors.dtype, len(query_index) > self.small_call]
         arrays = (q_vectors.float(), q_mask, d_vectors, d_mask, query_index.long())
         feeds = {name: np.ascontiguousarray(array.numpy()) for name, array in zip(INPUTS, arrays)}
         return torch.from_numpy(session.run(None, feeds)[0])
