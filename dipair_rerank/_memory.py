@@ -4,9 +4,11 @@ Re-ranking allocates large tensors whose size changes with every batch (candidat
 its mmap threshold after the first large free, so later ones come from the heap, where varying sizes fragment it:
 freed pages stay resident and RSS climbs by hundreds of MB over thousands of queries (measured on DL19: +700 MB in
 2,000 queries) without any leak. ``malloc_trim`` returns those free pages to the system. Calling it after every
-batch costs 1.5 ms per query, so it is called only once the process's anonymous memory has grown by ``slack``
-beyond its level one batch after the last trim (that level includes a batch's working set, which a trim cannot
-keep away): a few times per thousand queries, and ~1 us per check otherwise.
+batch costs 1.5 ms per query, so it is called only once the anonymous memory this guard's own calls added (read
+at ``mark`` and ``check``, around each batch) sums to ``slack``: a few times per thousand queries, and ~1 us per
+check otherwise. Only its own calls count: what the process does between them (a cross-encoder's activations,
+the JVM's heap) is not the re-ranker's heap, and trimming for it cost up to 5 ms in the re-rank call that
+followed a cross-encoder call (``eval/bench_latency.py``'s alternating timing).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def _malloc_trim():
 
 
 class HeapGuard:
-    """``check()`` after each batch: trims the C heap when anonymous RSS grew by ``slack_mb`` since the last trim."""
+    """``mark()`` before each batch, ``check()`` after it: trims the C heap once the batches' own growth of
+    anonymous memory sums to ``slack_mb`` since the last trim."""
 
     def __init__(self, slack_mb: float | None = None):
         if slack_mb is None:
@@ -53,8 +56,9 @@ class HeapGuard:
                 self._trim = None
             else:  # closed with the guard, or at exit (a __del__ then may find the os module already gone)
                 weakref.finalize(self, os.close, self._fd)
-        self._level = 0
-        self._rebase = True  # the level is taken after a batch: it includes one batch's working set
+        self._start: int | None = None  # anonymous pages at this batch's mark
+        self._grown = 0  # pages the batches since the last trim added, net
+        self._rebase = False  # the batch after a trim re-grows its working set, which no trim keeps away
         self.trims = 0
 
     def _anon_pages(self) -> int:
@@ -63,14 +67,21 @@ class HeapGuard:
         fields = os.pread(self._fd, 128, 0).split()
         return int(fields[1]) - int(fields[2])  # resident - shared (file-backed) pages
 
+    def mark(self) -> None:
+        if self._trim is not None:
+            self._start = self._anon_pages()
+
     def check(self) -> None:
-        if self._trim is None:
+        if self._trim is None or self._start is None:
             return
         anon = self._anon_pages()
+        grown, self._start = anon - self._start, None
         if self._rebase:
-            self._level, self._rebase = anon, False
-        elif anon - self._level > self._slack:
+            self._rebase = False
+            return
+        self._grown = max(0, self._grown + grown)
+        if self._grown > self._slack:
             self._trim(0)
             self.trims += 1
-            self._rebase = True
+            self._grown, self._rebase = 0, True
             logger.debug("malloc_trim at %.0f MB of anonymous memory", anon * self._page / 2**20)

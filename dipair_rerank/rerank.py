@@ -244,6 +244,7 @@ class DiPairReranker:
         if sum(counts) == 0:
             return [[] for _ in counts]
         flat = [docid for docids in docids_per_query for docid in docids]
+        self._heap.mark()
         return self._score(queries, counts, *self._gather(flat, len(counts)))
 
     def score_texts(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]], *,
@@ -251,6 +252,7 @@ class DiPairReranker:
         """Each query's scores for its plain texts, in the order given: one query-encoder call, one pass of the
         document branch over all the texts (length-sorted batches of ``batch_size``) and one head call."""
         texts_per_query = [check_texts(texts) for texts in texts_per_query]
+        self._heap.mark()
         encoded = self.encode_queries(queries)
         flat = [text for texts in texts_per_query for text in texts]
         with torch.inference_mode(), self.timer.time("document_encoding", len(queries)):
