@@ -10,6 +10,7 @@ Ratios (b)/(a) and (c)/(a) are computed query by query, each cross-encoder call 
 the same query (alternating, as an application comparing them would), then summarised.
 
     python eval/bench_latency.py              # needs indexes/eff-dl19 (eval/effectiveness.py builds it)
+    OMP_WAIT_POLICY=PASSIVE python eval/bench_latency.py   # torch's OpenMP workers sleep after each call
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(summary, indent=1))
     print(f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
           f"torch threads {args.threads}  depth {args.depth}  query backend {args.query_backend}  "
-          f"{len(qids)} queries (cross-encoders: {len(next(iter(ratios.values())))}, max length {args.ce_max_length})")
+          f"{len(qids)} queries (cross-encoders: {len(next(iter(ratios.values())))}, max length {args.ce_max_length})"
+          + "".join(f"  {name}={os.environ[name]}" for name in OPENMP_SETTINGS if name in os.environ))
     print(format_table(rows, ["system", "p50 ms", "p95 ms", "mean ms"]))
     for name, values in ratios.items():
         print(f"{name}/(a) per query, alternating on the same query: p50 {np.percentile(values, 50):.0f}x  "
@@ -191,6 +193,11 @@ def main() -> None:
     if args.contention:
         print("\n(a) quiet vs one core busy (a CPU-burning process pinned to one core), ms per query:")
         print(format_table(contention_rows, ["stage", "quiet p50", "busy p50", "busy p95", "busy/quiet p50"]))
+
+
+OPENMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+"""Named in the header when set: torch's OpenMP workers spin for milliseconds after each cross-encoder call
+(libgomp's default), on the cores the DiPair call that follows needs; ``OMP_WAIT_POLICY=PASSIVE`` stops that."""
 
 
 BURNER = """

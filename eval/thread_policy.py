@@ -9,8 +9,9 @@ Arms (each in its own process, taking turns ``--rounds`` times, DL19 topics x BM
   spin on          workers spin within a call and keep spinning after it (ONNX Runtime's default)
   torch gather     the shipped policy, but the cache rows converted to float32 by torch, as before: a conversion
                    this size goes to torch's OpenMP workers, which spin-wait for a core another process holds
+  one thread       a lone query encoded on one thread (batches on all): slower quiet, steadier with a core busy
 
-    python eval/thread_policy.py [--rounds 3]   # needs indexes/eff-dl19 (eval/effectiveness.py)
+    python eval/thread_policy.py [--rounds 3] [--arms shipped "one thread"]   # needs indexes/eff-dl19
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from bench_latency import busy_core
 from compare_revisions import dl19_queries, time_reranker
 from dipair_rerank.evaluate.report import format_rounds, publish_report
 
-ARMS = ("shipped", "no spinning", "spin on", "torch gather")
-STAGES = ["rerank", "query_encoding", "gather", "head", "idle CPU ms", "batched q/s", "x BM25 alone"]
+ARMS = ("shipped", "no spinning", "spin on", "torch gather", "one thread")
+STAGES = ["rerank", "rerank p95", "query_encoding", "gather", "head", "idle CPU ms", "batched q/s", "x BM25 alone"]
 
 
 def apply_arm(arm: str) -> None:
@@ -51,7 +52,7 @@ def apply_arm(arm: str) -> None:
 
         onnx_query.inference_session = onnx_head.inference_session = session
     if arm == "torch gather":
-        def document_blocks(self, vectors, lengths):
+        def document_blocks(self, vectors, lengths, widen=True):
             slots = np.arange(self.doc_block_slots)
             mask = (slots < lengths[:, None]) | (slots >= self.config.doc_prefix)
             return torch.from_numpy(vectors).float(), torch.from_numpy(mask)
@@ -65,7 +66,8 @@ def child(arm: str, index: str, threads: int, passes: int) -> None:
     from dipair_rerank.rerank import DiPairReranker
 
     queries = dl19_queries()
-    reranker = DiPairReranker.from_index(index, threads=threads)
+    lone = 1 if arm == "one thread" else threads
+    reranker = DiPairReranker.from_index(index, threads=lone, batch_threads=threads)
     timings = time_reranker(reranker, queries, passes)
     idle = idle_cpu_ms(lambda: reranker.rerank(*queries[0]))
     print(json.dumps({**timings, "idle CPU ms": idle, **batched(index, threads, [query for query, _ in queries])}))
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="passes over the 43 topics per process")
     parser.add_argument("--rounds", type=int, default=3, help="turns each arm takes, per condition")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default: all)")
     parser.add_argument("--output", default="eval/results/thread_policy.md", help="the report (also printed)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,10 +118,10 @@ def main() -> None:
     report = [f"# thread_policy  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
               f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n"]
     for condition in ("quiet", "one core busy"):
-        rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+        rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in args.arms}
         with busy_core(seconds=900) if condition != "quiet" else nullcontext():
             for _ in range(args.rounds):
-                for arm in ARMS:
+                for arm in args.arms:
                     command = [sys.executable, __file__, "--child", arm, "--index", args.index,
                                "--threads", str(args.threads), "--passes", str(args.passes)]
                     result = subprocess.run(command, capture_output=True, text=True, check=True)
