@@ -3,12 +3,17 @@ with one core busy, side by side in one run: one query's re-rank call (p50 ms of
 BM25 + DiPair batched over all topics (queries/s, and its share of BM25 alone's rate, as eval/bench_latency.py's
 (d)); and the CPU the process burns in the 100 ms after a call while it has nothing to do (idle CPU ms).
 
+One core busy: a CPU-burning process pinned to one core starts once the arm's re-ranker is warm (another job
+starting beside a running service: its threads were placed while the machine was quiet).
+
 Arms (each in its own process, taking turns ``--rounds`` times, DL19 topics x BM25 top-100, 2 threads):
   shipped          ONNX Runtime workers spin within a call and stop when it ends (``onnx_query.inference_session``)
   no spinning      workers sleep whenever idle, also between the operators of one call (the policy before)
   spin on          workers spin within a call and keep spinning after it (ONNX Runtime's default)
   torch gather     the shipped policy, but the cache rows converted to float32 by torch, as before: a conversion
                    this size goes to torch's OpenMP workers, which spin-wait for a core another process holds
+  no switch        the shipped policy, but a lone query always encoded on all threads, never moved to one thread
+                   while its recent calls run slow (``onnx_query.ContentionSwitch``)
   one thread       a lone query encoded on one thread (batches on all): slower quiet, steadier with a core busy
 
     python eval/thread_policy.py [--rounds 3] [--arms shipped "one thread"]   # needs indexes/eff-dl19
@@ -31,7 +36,7 @@ from bench_latency import busy_core
 from compare_revisions import dl19_queries, time_reranker
 from dipair_rerank.evaluate.report import format_rounds, publish_report
 
-ARMS = ("shipped", "no spinning", "spin on", "torch gather", "one thread")
+ARMS = ("shipped", "no spinning", "spin on", "torch gather", "no switch", "one thread")
 STAGES = ["rerank", "rerank p95", "query_encoding", "gather", "head", "idle CPU ms", "batched q/s", "x BM25 alone"]
 
 
@@ -51,6 +56,8 @@ def apply_arm(arm: str) -> None:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         onnx_query.inference_session = onnx_head.inference_session = session
+    if arm == "no switch":
+        onnx_query.ContentionSwitch.parallel = lambda self: True
     if arm == "torch gather":
         def document_blocks(self, vectors, lengths, widen=True):
             slots = np.arange(self.doc_block_slots)
@@ -60,8 +67,9 @@ def apply_arm(arm: str) -> None:
         modeling.DiPairModel.document_blocks = document_blocks
 
 
-def child(arm: str, index: str, threads: int, passes: int) -> None:
-    """Time ``arm`` in this process; print one JSON line (medians of the call and of each stage)."""
+def child(arm: str, index: str, threads: int, passes: int, busy: bool) -> None:
+    """Time ``arm`` in this process (with ``busy``, once warm, beside a CPU burner); print one JSON line (medians
+    of the call and of each stage)."""
     apply_arm(arm)
     from dipair_rerank.rerank import DiPairReranker
 
@@ -69,8 +77,12 @@ def child(arm: str, index: str, threads: int, passes: int) -> None:
     lone = 1 if arm == "one thread" else threads
     reranker = DiPairReranker.from_index(index, threads=lone, batch_threads=threads)
     timings = time_reranker(reranker, queries, passes)
-    idle = idle_cpu_ms(lambda: reranker.rerank(*queries[0]))
-    print(json.dumps({**timings, "idle CPU ms": idle, **batched(index, threads, [query for query, _ in queries])}))
+    with busy_core(seconds=600) if busy else nullcontext():
+        if busy:
+            timings = time_reranker(reranker, queries, passes)
+        idle = idle_cpu_ms(lambda: reranker.rerank(*queries[0]))
+        throughput = batched(index, threads, [query for query, _ in queries])
+    print(json.dumps({**timings, "idle CPU ms": idle, **throughput}))
 
 
 def idle_cpu_ms(call, window_s: float = 0.1, repeats: int = 5) -> float:
@@ -111,21 +123,21 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default: all)")
     parser.add_argument("--output", default="eval/results/thread_policy.md", help="the report (also printed)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.index, args.threads, args.passes)
+        child(args.child, args.index, args.threads, args.passes, args.busy)
         return
     report = [f"# thread_policy  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
               f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n"]
     for condition in ("quiet", "one core busy"):
         rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in args.arms}
-        with busy_core(seconds=900) if condition != "quiet" else nullcontext():
-            for _ in range(args.rounds):
-                for arm in args.arms:
-                    command = [sys.executable, __file__, "--child", arm, "--index", args.index,
-                               "--threads", str(args.threads), "--passes", str(args.passes)]
-                    result = subprocess.run(command, capture_output=True, text=True, check=True)
-                    rows[arm].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        for _ in range(args.rounds):
+            for arm in args.arms:
+                command = [sys.executable, __file__, "--child", arm, "--index", args.index, "--threads",
+                           str(args.threads), "--passes", str(args.passes), *(["--busy"] if condition != "quiet" else [])]
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                rows[arm].append(json.loads(result.stdout.strip().splitlines()[-1]))
         report.append(f"\n## {condition}\n\n" + format_rounds("arm", rows, STAGES))
     publish_report("".join(report), args.output)
 

@@ -9,8 +9,11 @@ layer norms and GELU (746 nodes -> 84 for the default model, ~1.1x faster per qu
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,12 +227,47 @@ def write_int8_graph(source: Path, target: Path, block_size: int = INT8_BLOCK) -
     return target
 
 
+class ContentionSwitch:
+    """Whether a lone query runs on several threads (its usual, faster way) or on one.
+
+    A parallel operator waits for its slowest thread. When another process takes a core from a running service,
+    the worker that shares it runs in time slices, and one query's encoding took 2.5-4x its quiet time in some
+    runs (``eval/bench_latency.py --contention``) and had a tail of 7-10 ms in most; one thread, which the
+    scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). So when the median of the last
+    ``window`` parallel calls ran ``slower`` x the best time seen for their length, the next ``hold`` calls run on
+    one thread; then several threads are tried again. (A median, not one slow call: a quiet machine has those.)
+    """
+
+    def __init__(self, slower: float = 1.5, window: int = 5, hold: int = 300):
+        self.slower, self.hold = slower, hold
+        self._best: dict[int, float] = {}  # tokens -> fastest parallel call (seconds)
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)  # times / best
+        self._left = 0  # calls still sent to one thread
+        self.switches = 0
+
+    def parallel(self) -> bool:
+        """Whether this call may run in parallel (each call asks once)."""
+        if self._left:
+            self._left -= 1
+            return False
+        return True
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """The time of a parallel call over ``tokens`` tokens."""
+        best = self._best[tokens] = min(seconds, self._best.get(tokens, seconds))
+        self._recent.append(seconds / best)
+        if len(self._recent) == self._recent.maxlen and statistics.median(self._recent) > self.slower:
+            self._left = self.hold
+            self._recent.clear()
+            self.switches += 1
+
+
 class OnnxQueryEncoder:
     """Drop-in for ``DiPairModel.encode_queries`` at inference.
 
     Args:
         model: the DiPair model (its query branch is exported on first use).
-        threads: ONNX Runtime intra-op threads for one query.
+        threads: ONNX Runtime intra-op threads for one query (one while the CPU is contended: ``ContentionSwitch``).
         batch_threads: ... for several queries at once (default ``threads``).
         int8: run the int8 copy of the graph (``quantize_query_branch``); eval/bench_query_int8.py measures what
             it costs in quality.
@@ -238,9 +276,10 @@ class OnnxQueryEncoder:
     def __init__(self, model: DiPairModel, *, threads: int = 1, batch_threads: int | None = None, int8: bool = False):
         path = quantize_query_branch(model) if int8 else fused_query_branch(model)
         self.path = path  # the graph this encoder runs
-        self.session = inference_session(path, threads)
-        batch_threads = batch_threads or threads
-        self.batch_session = self.session if batch_threads == threads else inference_session(path, batch_threads)
+        sessions = {count: inference_session(path, count) for count in {1, threads, batch_threads or threads}}
+        self.session, self.batch_session = sessions[threads], sessions[batch_threads or threads]
+        self.single_session = sessions[1]
+        self.switch = ContentionSwitch() if threads > 1 else None
         self.min_length = model.config.query_prefix  # the graph was traced with at least this many tokens
         self.pad_id = model.tokenizer.pad_token_id or 0
 
@@ -251,6 +290,13 @@ class OnnxQueryEncoder:
         if short > 0:
             input_ids = np.pad(input_ids, ((0, 0), (0, short)), constant_values=self.pad_id)
             attention = np.pad(attention, ((0, 0), (0, short)))
-        session = self.session if len(input_ids) == 1 else self.batch_session
-        vectors, mask, pooled = session.run(None, {"input_ids": input_ids, "attention_mask": attention})
+        feeds = {"input_ids": input_ids, "attention_mask": attention}
+        if len(input_ids) > 1:
+            vectors, mask, pooled = self.batch_session.run(None, feeds)
+        elif self.switch is None or not self.switch.parallel():
+            vectors, mask, pooled = self.single_session.run(None, feeds)
+        else:
+            started = time.perf_counter()
+            vectors, mask, pooled = self.session.run(None, feeds)
+            self.switch.observe(input_ids.shape[1], time.perf_counter() - started)
         return Prefix(torch.from_numpy(vectors), torch.from_numpy(mask), torch.from_numpy(pooled))

@@ -1,7 +1,11 @@
 import logging
 import sys
 
-from dipair_rerank.model.onnx_query import int8_available
+import torch
+
+from dipair_rerank.model import DiPairModel
+from dipair_rerank.model.onnx_query import ContentionSwitch, OnnxQueryEncoder, int8_available
+from tests.conftest import tiny_config
 
 
 def test_importing_the_weight_quantizer_leaves_the_root_logger_alone(monkeypatch):
@@ -12,3 +16,30 @@ def test_importing_the_weight_quantizer_leaves_the_root_logger_alone(monkeypatch
     level = root.level
     assert int8_available()
     assert root.handlers == [] and root.level == level
+
+
+def test_the_switch_sends_lone_queries_to_one_thread_while_recent_calls_run_slow_then_tries_again():
+    switch = ContentionSwitch(slower=1.5, window=3, hold=4)
+    switch.observe(8, 1.0)  # the best for 8 tokens
+    switch.observe(12, 2.0)  # each length has its own best
+    switch.observe(8, 3.0)  # one slow call among three: a quiet machine has those too
+    assert switch.parallel() and switch.switches == 0
+    switch.observe(12, 3.2)  # two of the last three slow (3.0 / 1.0 and 3.2 / 2.0): so is their median
+    assert switch.switches == 1
+    assert [switch.parallel() for _ in range(5)] == [False] * 4 + [True]  # one thread for `hold` calls
+    for _ in range(3):
+        switch.observe(8, 1.1)  # contention over
+    assert switch.parallel() and switch.switches == 1
+
+
+def test_a_lone_query_encodes_alike_on_one_thread_and_on_two():
+    model = DiPairModel(tiny_config(seed=2)).eval()
+    encoder = OnnxQueryEncoder(model, threads=2)
+    batch = model.tokenize(["what is a qubit"], max_length=model.config.query_max_length)
+    parallel = encoder(batch)
+    encoder.switch._left = 1  # as after slow calls
+    alone = encoder(batch)
+    assert encoder.switch.parallel()  # the one call was spent
+    for a, b in zip(parallel, alone):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    assert OnnxQueryEncoder(model, threads=1).switch is None  # nothing to switch between
