@@ -232,16 +232,18 @@ class ContentionSwitch:
 
     A parallel operator waits for its slowest thread. When another process takes a core from a running service,
     the worker that shares it runs in time slices, and one query's encoding took 2.5-4x its quiet time in some
-    runs (``eval/bench_latency.py --contention``) and had a tail of 7-10 ms in most; one thread, which the
-    scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). So when the median of the last
-    ``window`` parallel calls ran ``slower`` x the best time seen for their length, the next ``hold`` calls run on
-    one thread; then several threads are tried again. (A median, not one slow call: a quiet machine has those.)
+    runs (``eval/bench_latency.py --contention``) and had a tail of 6-10 ms in most, while one thread, which the
+    scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). The sign: the process's CPU
+    time over the call's wall time, ~1.9 for two threads on a quiet machine (both work or spin throughout) and
+    ~1.0 when the worker waits for its core (slower calls from cold caches keep ~1.9; a call that overlaps the end
+    of another process's, as a client's and a service's calls do, drops a little). So when the median of the
+    last ``window`` parallel calls is under ``threads - 0.75``, the next ``hold`` calls run on one thread; then
+    several threads are tried again.
     """
 
-    def __init__(self, slower: float = 1.5, window: int = 5, hold: int = 300):
-        self.slower, self.hold = slower, hold
-        self._best: dict[int, float] = {}  # tokens -> fastest parallel call (seconds)
-        self._recent: collections.deque[float] = collections.deque(maxlen=window)  # times / best
+    def __init__(self, threads: int, window: int = 5, hold: int = 300):
+        self.least, self.hold = threads - 0.75, hold
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)  # CPU / wall of recent calls
         self._left = 0  # calls still sent to one thread
         self.switches = 0
 
@@ -252,11 +254,10 @@ class ContentionSwitch:
             return False
         return True
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        """The time of a parallel call over ``tokens`` tokens."""
-        best = self._best[tokens] = min(seconds, self._best.get(tokens, seconds))
-        self._recent.append(seconds / best)
-        if len(self._recent) == self._recent.maxlen and statistics.median(self._recent) > self.slower:
+    def observe(self, cpu_seconds: float, wall_seconds: float) -> None:
+        """The process's CPU time and the wall time of a parallel call."""
+        self._recent.append(cpu_seconds / max(wall_seconds, 1e-9))
+        if len(self._recent) == self._recent.maxlen and statistics.median(self._recent) < self.least:
             self._left = self.hold
             self._recent.clear()
             self.switches += 1
@@ -279,7 +280,7 @@ class OnnxQueryEncoder:
         sessions = {count: inference_session(path, count) for count in {1, threads, batch_threads or threads}}
         self.session, self.batch_session = sessions[threads], sessions[batch_threads or threads]
         self.single_session = sessions[1]
-        self.switch = ContentionSwitch() if threads > 1 else None
+        self.switch = ContentionSwitch(threads) if threads > 1 else None
         self.min_length = model.config.query_prefix  # the graph was traced with at least this many tokens
         self.pad_id = model.tokenizer.pad_token_id or 0
 
@@ -296,7 +297,7 @@ class OnnxQueryEncoder:
         elif self.switch is None or not self.switch.parallel():
             vectors, mask, pooled = self.single_session.run(None, feeds)
         else:
-            started = time.perf_counter()
+            cpu, started = time.process_time(), time.perf_counter()
             vectors, mask, pooled = self.session.run(None, feeds)
-            self.switch.observe(input_ids.shape[1], time.perf_counter() - started)
+            self.switch.observe(time.process_time() - cpu, time.perf_counter() - started)
         return Prefix(torch.from_numpy(vectors), torch.from_numpy(mask), torch.from_numpy(pooled))

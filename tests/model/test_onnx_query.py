@@ -18,17 +18,16 @@ def test_importing_the_weight_quantizer_leaves_the_root_logger_alone(monkeypatch
     assert root.handlers == [] and root.level == level
 
 
-def test_the_switch_sends_lone_queries_to_one_thread_while_recent_calls_run_slow_then_tries_again():
-    switch = ContentionSwitch(slower=1.5, window=3, hold=4)
-    switch.observe(8, 1.0)  # the best for 8 tokens
-    switch.observe(12, 2.0)  # each length has its own best
-    switch.observe(8, 3.0)  # one slow call among three: a quiet machine has those too
+def test_the_switch_sends_lone_queries_to_one_thread_while_their_worker_waits_for_a_core():
+    switch = ContentionSwitch(threads=2, window=3, hold=4)
+    for cpu in (1.9, 1.9, 1.0):  # one call whose worker waited, among three: not enough
+        switch.observe(cpu, 1.0)
     assert switch.parallel() and switch.switches == 0
-    switch.observe(12, 3.2)  # two of the last three slow (3.0 / 1.0 and 3.2 / 2.0): so is their median
+    switch.observe(0.004, 0.004)  # two of the last three ran on one core's worth of CPU
     assert switch.switches == 1
     assert [switch.parallel() for _ in range(5)] == [False] * 4 + [True]  # one thread for `hold` calls
     for _ in range(3):
-        switch.observe(8, 1.1)  # contention over
+        switch.observe(1.9, 1.0)  # contention over
     assert switch.parallel() and switch.switches == 1
 
 
