@@ -7,8 +7,8 @@ freed pages stay resident and RSS climbs by hundreds of MB over thousands of que
 batch costs 1.5 ms per query, so it is called only once the anonymous memory this guard's own calls added (read
 at ``mark`` and ``check``, around each batch) sums to ``slack``: a few times per thousand queries, and ~1 us per
 check otherwise. Only its own calls count: what the process does between them (a cross-encoder's activations,
-the JVM's heap) is not the re-ranker's heap, and trimming for it cost up to 5 ms in the re-rank call that
-followed a cross-encoder call (``eval/bench_latency.py``'s alternating timing).
+the JVM's heap) is not the re-ranker's heap, and trimming for it landed, milliseconds long, in the re-rank call
+that followed each cross-encoder call of an application alternating the two.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ One query's head is ~60 small tensor ops over 100 candidates; PyTorch spends muc
 dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores equal to 1e-5. Its
 threads spin only within a call (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
 exported once per model (keyed by its fingerprint) beside the query branch's, and once per document dtype: the
-fp16 cache's blocks go in as they are stored and are widened inside the graph (ONNX Runtime's vectorised cast on
-the call's threads, into its reused arena: numpy's took 7-10 ms of a 43-query batch's ~35 ms re-rank).
+fp16 cache's blocks go in as they are stored and are widened inside the graph (ONNX Runtime's cast is vectorised
+and writes into its reused arena; numpy's was the larger part of a batch's gather: eval/RESULTS.md, seventh part).
 """
 
 from __future__ import annotations
