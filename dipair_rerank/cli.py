@@ -415,8 +415,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="server processes, each loading its own model (~1.2 GB resident) and batching its own "
                    "requests: a batch runs on --threads/N threads, a lone request on all --threads (default: 2, or "
-                   "1 with --threads 1). On 2 cores, 2 workers served 375-431 requests/s at concurrency 16, 1 "
-                   "worker 322, at the same single-request latency (eval/RESULTS.md); use 1 to halve the memory")
+                   "1 with --threads 1). On 2 cores, 2 workers served 516-562 requests/s at concurrency 16, at "
+                   "the same single-request latency as 1 (eval/RESULTS.md); use 1 to halve the memory")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch / ONNX Runtime / Lucene threads")
     p.add_argument("--max-documents", type=int, default=1000,
                    help="candidates per /rerank request, and the largest /search k and depth (default 1000)")
@@ -426,7 +426,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-stage", choices=("bm25", "dense"), default="bm25",
                    help="what /search retrieves with before DiPair (dense needs an index built with --dense)")
     p.add_argument("--max-wait-ms", type=float, default=2.0,
-                   help="how long a busy service's batch waits for more requests (default 2; an idle one never waits)")
+                   help="how long a busy service's batch may wait for more requests (default 2): it starts as soon "
+                   "as the clients its last batch answered are back, and an idle service never waits")
     p.add_argument("--query-backend", choices=QUERY_BACKENDS, default="auto", help=QUERY_BACKEND_HELP)
     p.set_defaults(handler=_cmd_serve)
 
