@@ -234,9 +234,9 @@ class ContentionSwitch:
     the worker that shares it runs in time slices, and one query's encoding took 2.5-4x its quiet time in some
     runs (``eval/bench_latency.py --contention``) and had a tail of 6-10 ms in most, while one thread, which the
     scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). The sign: the process's CPU
-    time over the call's wall time, ~1.9 for two threads on a quiet machine (both work or spin throughout) and
-    ~1.0 when the worker waits for its core (slower calls from cold caches keep ~1.9; a call that overlaps the end
-    of another process's, as a client's and a service's calls do, drops a little). So when the median of the
+    time over the call's wall time, close to the thread count on a quiet machine (every thread works or spins
+    throughout, even in a slower call from cold caches) and close to one when the worker waits for its core (a
+    call that overlaps the end of another process's, as a client's and a service's calls do, drops a little). So when the median of the
     last ``window`` parallel calls is under ``threads - 0.75``, the next ``hold`` calls run on one thread; then
     several threads are tried again.
     """
