@@ -13,7 +13,8 @@ Arms (each in its own process, taking turns ``--rounds`` times, DL19 topics x BM
   torch gather     the shipped policy, but the cache rows converted to float32 by torch, as before: a conversion
                    this size goes to torch's OpenMP workers, which spin-wait for a core another process holds
   no switch        the shipped policy, but a lone query always encoded on all threads, never moved to one thread
-                   while its recent calls run slow (``onnx_query.ContentionSwitch``)
+                   while its recent calls run slow or after other parallel work in the process
+                   (``onnx_query.ContentionSwitch``)
   one thread       a lone query encoded on one thread (batches on all): slower quiet, steadier with a core busy
 
     python eval/thread_policy.py [--rounds 3] [--arms shipped "one thread"]   # needs indexes/eff-dl19
@@ -57,7 +58,7 @@ def apply_arm(arm: str) -> None:
 
         onnx_query.inference_session = onnx_head.inference_session = session
     if arm == "no switch":
-        onnx_query.ContentionSwitch.parallel = lambda self: True
+        onnx_query.ContentionSwitch.parallel = lambda self, cpu, wall: True
     if arm == "torch gather":
         def document_blocks(self, vectors, lengths, widen=True):
             slots = np.arange(self.doc_block_slots)

@@ -239,20 +239,40 @@ class ContentionSwitch:
     call that overlaps the end of another process's, as a client's and a service's calls do, drops a little). So when the median of the
     last ``window`` parallel calls is under ``threads - 0.75``, the next ``hold`` calls run on one thread; then
     several threads are tried again.
+
+    The other threads of this process are a second sign, read before the call: when the process used more than
+    ``busy_gap`` cores' worth of CPU since the last call ended (a cross-encoder's torch call between two DiPair
+    calls, say), that runtime's workers are most likely still spinning on the cores (libgomp's default, for
+    milliseconds after each call), and this one call runs on one thread. Only calls after a gap of at least
+    ``MIN_GAP`` seconds are judged so; a service idling between requests reads near zero.
     """
 
-    def __init__(self, threads: int, window: int = 5, hold: int = 300):
-        self.least, self.hold = threads - 0.75, hold
+    MIN_GAP = 0.001
+
+    def __init__(self, threads: int, window: int = 5, hold: int = 300, busy_gap: float = 1.5):
+        self.least, self.hold, self.busy_gap = threads - 0.75, hold, busy_gap
         self._recent: collections.deque[float] = collections.deque(maxlen=window)  # CPU / wall of recent calls
         self._left = 0  # calls still sent to one thread
+        self._ended: tuple[float, float] | None = None  # (process CPU, wall clock) when the last call ended
         self.switches = 0
+        self.after_busy_gaps = 0  # calls sent to one thread because of what ran before them
 
-    def parallel(self) -> bool:
-        """Whether this call may run in parallel (each call asks once)."""
+    def parallel(self, cpu: float, wall: float) -> bool:
+        """Whether this call may run in parallel, given the process's CPU time and the wall clock as it starts
+        (each call asks once)."""
+        ended, self._ended = self._ended, None
         if self._left:
             self._left -= 1
             return False
+        if ended is not None and wall - ended[1] >= self.MIN_GAP \
+                and (cpu - ended[0]) / (wall - ended[1]) > self.busy_gap:
+            self.after_busy_gaps += 1
+            return False
         return True
+
+    def ended(self, cpu: float, wall: float) -> None:
+        """The process's CPU time and the wall clock as a call (of any size) ends."""
+        self._ended = (cpu, wall)
 
     def observe(self, cpu_seconds: float, wall_seconds: float) -> None:
         """The process's CPU time and the wall time of a parallel call."""
@@ -292,12 +312,13 @@ class OnnxQueryEncoder:
             input_ids = np.pad(input_ids, ((0, 0), (0, short)), constant_values=self.pad_id)
             attention = np.pad(attention, ((0, 0), (0, short)))
         feeds = {"input_ids": input_ids, "attention_mask": attention}
-        if len(input_ids) > 1:
-            vectors, mask, pooled = self.batch_session.run(None, feeds)
-        elif self.switch is None or not self.switch.parallel():
-            vectors, mask, pooled = self.single_session.run(None, feeds)
-        else:
-            cpu, started = time.process_time(), time.perf_counter()
-            vectors, mask, pooled = self.session.run(None, feeds)
-            self.switch.observe(time.process_time() - cpu, time.perf_counter() - started)
+        switch, cpu, started = self.switch, time.process_time(), time.perf_counter()
+        parallel = len(input_ids) == 1 and switch is not None and switch.parallel(cpu, started)
+        session = self.batch_session if len(input_ids) > 1 else self.session if parallel else self.single_session
+        vectors, mask, pooled = session.run(None, feeds)
+        if switch is not None:
+            cpu_now, now = time.process_time(), time.perf_counter()
+            if parallel:
+                switch.observe(cpu_now - cpu, now - started)
+            switch.ended(cpu_now, now)
         return Prefix(torch.from_numpy(vectors), torch.from_numpy(mask), torch.from_numpy(pooled))

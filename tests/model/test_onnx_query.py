@@ -22,13 +22,28 @@ def test_the_switch_sends_lone_queries_to_one_thread_while_their_worker_waits_fo
     switch = ContentionSwitch(threads=2, window=3, hold=4)
     for cpu in (1.9, 1.9, 1.0):  # one call whose worker waited, among three: not enough
         switch.observe(cpu, 1.0)
-    assert switch.parallel() and switch.switches == 0
+    assert switch.parallel(0.0, 0.0) and switch.switches == 0
     switch.observe(0.004, 0.004)  # two of the last three ran on one core's worth of CPU
     assert switch.switches == 1
-    assert [switch.parallel() for _ in range(5)] == [False] * 4 + [True]  # one thread for `hold` calls
+    assert [switch.parallel(0.0, 0.0) for _ in range(5)] == [False] * 4 + [True]  # one thread for `hold` calls
     for _ in range(3):
         switch.observe(1.9, 1.0)  # contention over
-    assert switch.parallel() and switch.switches == 1
+    assert switch.parallel(0.0, 0.0) and switch.switches == 1
+
+
+def test_a_lone_query_after_parallel_work_elsewhere_in_the_process_runs_on_one_thread():
+    """A torch cross-encoder call between two DiPair calls leaves its OpenMP workers spinning on the cores."""
+    switch = ContentionSwitch(threads=2)
+    switch.ended(cpu=10.0, wall=100.0)
+    assert not switch.parallel(cpu=13.8, wall=102.0)  # 1.9 cores busy over the two seconds since
+    switch.ended(cpu=13.8, wall=102.0)
+    assert switch.parallel(cpu=14.8, wall=103.0)  # one core's worth: the caller's own thread
+    switch.ended(cpu=14.8, wall=103.0)
+    assert switch.parallel(cpu=14.8, wall=163.0)  # a service idle between requests
+    switch.ended(cpu=14.8, wall=163.0)
+    assert switch.parallel(cpu=14.8015, wall=163.0005)  # too short a gap to judge
+    assert switch.parallel(cpu=20.0, wall=164.0)  # no call ended since: nothing to judge
+    assert switch.after_busy_gaps == 1 and switch.switches == 0
 
 
 def test_a_lone_query_encodes_alike_on_one_thread_and_on_two():
@@ -38,7 +53,7 @@ def test_a_lone_query_encodes_alike_on_one_thread_and_on_two():
     parallel = encoder(batch)
     encoder.switch._left = 1  # as after slow calls
     alone = encoder(batch)
-    assert encoder.switch.parallel()  # the one call was spent
+    assert encoder.switch.parallel(0.0, 0.0)  # the one call was spent
     for a, b in zip(parallel, alone):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     assert OnnxQueryEncoder(model, threads=1).switch is None  # nothing to switch between
