@@ -133,8 +133,9 @@ def search_loop(rerankers: dict, topics: list[tuple[str, list[str]]], args: argp
                 searchers[arm].search(query, k=10)
                 calls[arm].append((time.perf_counter() - started) * 1000.0)
             stages[arm].extend(sum(timer.per_query_ms(stage) for stage in ("query_encoding", "gather", "head")))
-    return [{"arm": arm, "search p50": float(np.median(calls[arm])), "search p95": float(np.percentile(calls[arm], 95)),
-             "re-rank stage p50": float(np.median(stages[arm])), "re-rank stage p95": float(np.percentile(stages[arm], 95)),
+    return [{"arm": arm, "search p50": float(np.median(calls[arm])),
+             "search p95": float(np.percentile(calls[arm], 95)), "re-rank stage p50": float(np.median(stages[arm])),
+             "re-rank stage p95": float(np.percentile(stages[arm], 95)),
              "one-thread calls": f"{_one_thread_calls(rerankers[arm]) - before[arm]} of {len(calls[arm])}"}
             for arm in ARMS]
 

@@ -236,15 +236,16 @@ class ContentionSwitch:
     scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). The sign: the process's CPU
     time over the call's wall time, close to the thread count on a quiet machine (every thread works or spins
     throughout, even in a slower call from cold caches) and close to one when the worker waits for its core (a
-    call that overlaps the end of another process's, as a client's and a service's calls do, drops a little). So when the median of the
-    last ``window`` parallel calls is under ``threads - 0.75``, the next ``hold`` calls run on one thread; then
-    several threads are tried again.
+    call that overlaps the end of another process's, as a client's and a service's calls do, drops a little). So
+    when the median of the last ``window`` parallel calls is under ``threads - 0.75``, the next ``hold`` calls run
+    on one thread; then several threads are tried again.
 
     The other threads of this process are a second sign, read before the call: when the process used more than
     ``busy_gap`` cores' worth of CPU since the last call ended (a cross-encoder's torch call between two DiPair
     calls, say), that runtime's workers are most likely still spinning on the cores (libgomp's default, for
-    milliseconds after each call), and this one call runs on one thread. Only calls after a gap of at least
-    ``MIN_GAP`` seconds are judged so; a service idling between requests reads near zero.
+    milliseconds after each call), or a JVM's threads run beside a search loop, and this one call runs on one
+    thread (eval/after_other_work.py). Only calls after a gap of at least ``MIN_GAP`` seconds are judged so; a
+    service idling between requests reads near zero.
     """
 
     MIN_GAP = 0.001
