@@ -22,6 +22,11 @@ _DROPPED_OPTIONS = {"--add-modules=jdk.incubator.vector"}
 JVM_OPTIONS_ENV = "DIPAIR_JVM_OPTIONS"
 """Extra JVM options, space-separated, e.g. "-Xms256m -Xmx256m" to pin the heap of a long search (by default
 the JVM grows its committed heap toward a quarter of RAM: not a leak, but RSS climbs for thousands of queries)."""
+JVM_SIGNAL_OPTIONS = ("-Xrs",)
+"""The JVM leaves SIGTERM, SIGINT and SIGHUP to Python. Without it, the JVM's own handler answered them by
+starting Java's shutdown in the middle of the process: a ``serve`` worker sent SIGTERM while it was still loading
+(its first Pyserini import starts the JVM) hung in that import instead of exiting, and Ctrl-C ended a command
+without Python's clean-up (no KeyboardInterrupt, temporary files left)."""
 _configured = False
 
 
@@ -43,9 +48,7 @@ def ensure_jvm() -> None:
             original(*kept)
 
     jnius_config.add_options = add_options
-    extra = os.environ.get(JVM_OPTIONS_ENV, "").split()
-    if extra:
-        add_options(*extra)
+    add_options(*JVM_SIGNAL_OPTIONS, *os.environ.get(JVM_OPTIONS_ENV, "").split())
     import pyserini.pyclass  # noqa: F401  (adds Anserini's jar to the classpath and starts the JVM)
 
     _quiet_java_logs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import re
 import signal
@@ -36,7 +37,7 @@ def _start(tiny_index, *options: str) -> tuple[subprocess.Popen, int]:
     """The service on port 0 (the OS picks a free one; the command prints it): (process, port)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "dipair_rerank.cli", "serve", "--index", str(tiny_index), "--port", "0", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     port, seen, deadline = None, [], time.monotonic() + START_TIMEOUT
@@ -49,9 +50,18 @@ def _start(tiny_index, *options: str) -> tuple[subprocess.Popen, int]:
         match = re.search(r"serving .* at http://127\.0\.0\.1:(\d+)", line)
         port = int(match.group(1)) if match else None
     if port is None:
-        process.kill()
+        _kill_all(process)
         pytest.fail(f"the service did not start: {''.join(seen)[-2000:]}")
     return process, port
+
+
+def _kill_all(process: subprocess.Popen) -> None:
+    """Kill the service and its worker processes (its own process group): a failed test leaves nothing running."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 @pytest.fixture()
@@ -61,9 +71,7 @@ def server(tiny_index):
     try:
         yield process, port
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _kill_all(process)
 
 
 def test_two_workers_give_a_batch_half_the_threads_and_exit_zero_on_sigterm(tiny_index):
@@ -83,9 +91,7 @@ def test_two_workers_give_a_batch_half_the_threads_and_exit_zero_on_sigterm(tiny
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _kill_all(process)
 
 
 def test_real_process_serves_then_drains_on_sigterm_and_exits_zero(server):
