@@ -26,7 +26,7 @@ JVM_SIGNAL_OPTIONS = ("-Xrs",)
 """The JVM leaves SIGTERM, SIGINT and SIGHUP to Python. Without it, the JVM's own handler answered them by
 starting Java's shutdown in the middle of the process: a ``serve`` worker sent SIGTERM while it was still loading
 (its first Pyserini import starts the JVM) hung in that import instead of exiting, and Ctrl-C ended a command
-without Python's clean-up (no KeyboardInterrupt, temporary files left)."""
+with status 130 and no KeyboardInterrupt (so no ``finally`` block or other clean-up of ours ran)."""
 _configured = False
 
 
