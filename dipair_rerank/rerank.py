@@ -6,6 +6,7 @@ Plain texts (``rerank_texts``) go through the document branch on the fly, as the
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -214,7 +215,12 @@ class DiPairReranker:
             return self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
 
     def warm_up(self, depth: int = 100) -> None:
-        """Run one throw-away query (first calls allocate and, for ONNX, optimise), then clear the timer."""
+        """Run one throw-away query (first calls allocate and, for ONNX, optimise), clear the timer, and take every
+        object alive now out of the garbage collector's full passes (``gc.freeze``, after one last collection).
+
+        Why the freeze: torch, transformers, ONNX and the JVM bridge leave ~0.5M tracked objects, and a full pass
+        over them took ~310 ms; batches of re-ranked hits trigger one every few hundred queries (a run over many
+        topics, a busy service). Frozen, such a pass reads only what was made since (eval/gc_pauses.py)."""
         rows = min(depth, len(self.cache))
         lookup = self.cache.docids
         docids = [bytes(lookup.sorted[i]).decode("utf-8") for i in range(rows)]
@@ -223,6 +229,8 @@ class DiPairReranker:
         # a batch as a busy service runs them: the batch sessions' first call allocates their working memory
         self.rerank_batch([f"warm up {i}" for i in range(WARM_UP_BATCH)], [docids] * WARM_UP_BATCH)
         self.timer = StageTimer()
+        gc.collect()
+        gc.freeze()
 
     # ----- public API -----------------------------------------------------------------------------------------
     def _score(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor
@@ -263,8 +271,8 @@ class DiPairReranker:
         """Re-rank each query's hits given already-encoded queries (one gather and one head call in all)."""
         docids_per_query = [[hit_docid(hit) for hit in hits] for hits in hits_per_query]
         scores = self.score_encoded(queries, docids_per_query)
-        return [sorted((RankedHit(d, s) for d, s in zip(docids, row)), key=lambda h: (-h.score, h.docid))
-                for docids, row in zip(docids_per_query, scores)]
+        return [[RankedHit(docid, -negated) for negated, docid in sorted(zip(map(float.__neg__, row), docids))]
+                for docids, row in zip(docids_per_query, scores)]  # best first, ties by docid; plain tuples sort in C
 
     def rerank(self, query: str, hits: Iterable[Any], k: int | None = None) -> list[RankedHit]:
         """Re-rank ``hits`` (Pyserini hits, ``(docid, score)`` pairs or docids) for ``query``; best first."""

@@ -11,6 +11,7 @@ and writes into its reused arena; numpy's was the larger part of a batch's gathe
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +57,41 @@ def export_head(model: DiPairModel, path: Path, documents: torch.dtype = torch.f
                                       "query_index": pairs, "scores": pairs})
 
 
+TASK_PAIRS = 128
+"""A large call is cut, at query boundaries, into tasks of at least this many pairs (one query's at depth 100)."""
+
+
+def query_tasks(query_index: np.ndarray, least: int) -> list[tuple[int, int]] | None:
+    """``(first pair, end pair)`` ranges of whole queries with at least ``least`` pairs each (the last may have
+    fewer), or None when the pairs are not grouped by query in order."""
+    starts = np.flatnonzero(np.diff(query_index)) + 1  # where each query's pairs begin, after the first's
+    if (query_index[starts] < query_index[starts - 1]).any():
+        return None
+    tasks, first = [], 0
+    for start in starts.tolist():
+        if start - first >= least:
+            tasks.append((first, start))
+            first = start
+    return [*tasks, (first, len(query_index))]
+
+
 class OnnxHead:
     """Drop-in for ``DiPairModel.score_prefixes`` at inference (``query_index`` required; document blocks in
     float32 or float16).
 
     Args:
         model: the DiPair model (its head is exported on first use).
-        threads: ONNX Runtime intra-op threads for calls over more than ``small_call`` pairs; smaller calls run
-            on one thread (one query's head is too small to gain from a second one).
+        threads: threads for calls over more than ``small_call`` pairs; smaller calls run on one thread (one
+            query's head is too small to gain from a second one). A large call whose pairs come grouped by query
+            runs as tasks of whole queries, each on one thread, ``threads`` at a time: the graph's ~60 small
+            operators then run without a barrier between threads after each, and a thread slowed by another
+            process holding its core leaves its tasks to the other (eval/RESULTS.md, ninth part). Other large
+            calls run on an ONNX Runtime session of ``threads`` intra-op threads.
     """
 
     def __init__(self, model: DiPairModel, *, threads: int = 1, small_call: int = 512):
         self.small_call = small_call
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dipair-head") if threads > 1 else None
         # (document dtype, large call) -> session; all made here, none in the middle of a query
         self._sessions = {}
         for documents in (torch.float32, torch.float16):
@@ -84,7 +108,21 @@ class OnnxHead:
                  query_index: torch.Tensor) -> torch.Tensor:
         if d_vectors.dtype != torch.float16:
             d_vectors = d_vectors.float()
-        session = self._sessions[d_vectors.dtype, len(query_index) > self.small_call]
+        large = len(query_index) > self.small_call
         arrays = (q_vectors.float(), q_mask, d_vectors, d_mask, query_index.long())
         feeds = {name: np.ascontiguousarray(array.numpy()) for name, array in zip(INPUTS, arrays)}
-        return torch.from_numpy(session.run(None, feeds)[0])
+        tasks = query_tasks(feeds["query_index"], TASK_PAIRS) if large and self._pool is not None else None
+        if tasks is None or len(tasks) < 2:
+            return torch.from_numpy(self._sessions[d_vectors.dtype, large].run(None, feeds)[0])
+        session = self._sessions[d_vectors.dtype, False]
+
+        def run(pairs: tuple[int, int]) -> np.ndarray:
+            start, stop = pairs
+            index = feeds["query_index"][start:stop]
+            first, end = int(index[0]), int(index[-1]) + 1
+            part = {"q_vectors": feeds["q_vectors"][first:end], "q_mask": feeds["q_mask"][first:end],
+                    "d_vectors": feeds["d_vectors"][start:stop], "d_mask": feeds["d_mask"][start:stop],
+                    "query_index": index - first}
+            return session.run(None, part)[0]
+
+        return torch.from_numpy(np.concatenate(list(self._pool.map(run, tasks))))

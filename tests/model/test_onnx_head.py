@@ -1,11 +1,12 @@
-"""The one-layer head on ONNX Runtime gives the torch head's scores, for one query and for many; deeper heads
-stay on torch."""
+"""The one-layer head on ONNX Runtime gives the torch head's scores, for one query and for many, in one call or in
+tasks of whole queries; deeper heads stay on torch."""
 
+import numpy as np
 import pytest
 import torch
 
 from dipair_rerank.model import DiPairModel
-from dipair_rerank.model.onnx_head import OnnxHead, export_head, head_exports
+from dipair_rerank.model.onnx_head import OnnxHead, export_head, head_exports, query_tasks
 from tests.conftest import tiny_config
 
 
@@ -56,3 +57,27 @@ def test_fp16_document_blocks_are_widened_in_the_graph():
     for call in (head, OnnxHead(model, threads=1)):  # the two-thread session and the one-thread one
         scores = call(q_vectors, q_mask, stored, d_mask, query_index)
         assert scores.numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+
+
+def test_query_tasks_cut_at_query_boundaries_with_at_least_the_least_pairs():
+    index = np.array([0, 0, 0, 1, 1, 3, 3, 3, 3, 4])  # query 2 has no pairs
+    assert query_tasks(index, 3) == [(0, 3), (3, 9), (9, 10)]
+    assert query_tasks(index, 100) == [(0, 10)]
+    assert query_tasks(np.array([0, 1, 0]), 1) is None  # not grouped in order: one call instead
+
+
+@pytest.mark.parametrize("order", ["grouped", "shuffled"])
+def test_a_large_call_in_tasks_of_whole_queries_gives_the_torch_heads_scores(order):
+    """12 queries, 600 pairs (over small_call): in tasks of >= 128 pairs on the pool when grouped by query (one
+    query without pairs), on the two-thread session when not."""
+    model = DiPairModel(tiny_config(head_layers=1, seed=5)).eval()
+    q_vectors, q_mask, d_vectors, d_mask, query_index = _blocks(model, 12, pairs=600, seed=1)
+    query_index[query_index == 4] = 5
+    if order == "shuffled":
+        query_index = query_index[torch.randperm(600, generator=torch.Generator().manual_seed(2))]
+    head = OnnxHead(model, threads=2, small_call=512)
+    assert (query_tasks(query_index.numpy(), 128) is None) == (order == "shuffled")
+    scores = head(q_vectors, q_mask, d_vectors.half().float(), d_mask, query_index)
+    with torch.inference_mode():
+        expected = model.score_prefixes(q_vectors, q_mask, d_vectors.half().float(), d_mask, query_index)
+    assert scores.numpy() == pytest.approx(expected.numpy(), abs=1e-5)
