@@ -189,11 +189,14 @@ class DiPairReranker:
 
     # ----- the three stages -----------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> Prefix:
-        """Kept query vectors, in order; a batch is encoded in groups of similar length (QUERY_GROUP_RATIO)."""
+        """Kept query vectors, in order; a batch is encoded in groups of similar length (QUERY_GROUP_RATIO), or of
+        equal length where the encoder runs groups side by side (``OnnxQueryEncoder.encode_many``)."""
         with torch.inference_mode(), self.timer.time("query_encoding", len(queries)):
             ids = self._query_token_ids(list(queries))
-            groups = length_groups([len(row) for row in ids], QUERY_GROUP_RATIO)
-            parts = [self._encode_queries(padded_batch([ids[i] for i in group], self._pad_id)) for group in groups]
+            tasks = getattr(self._encode_queries, "runs_tasks", False)
+            groups = length_groups([len(row) for row in ids], 1.0 if tasks else QUERY_GROUP_RATIO)
+            batches = [padded_batch([ids[i] for i in group], self._pad_id) for group in groups]
+            parts = self._encode_queries.encode_many(batches) if tasks else list(map(self._encode_queries, batches))
             if len(parts) == 1:
                 return parts[0]
             order = torch.tensor([i for group in groups for i in group]).argsort()

@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -301,11 +302,29 @@ class OnnxQueryEncoder:
         sessions = {count: inference_session(path, count) for count in {1, threads, batch_threads or threads}}
         self.session, self.batch_session = sessions[threads], sessions[batch_threads or threads]
         self.single_session = sessions[1]
+        batch_threads = batch_threads or threads
+        self._pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="dipair-query") if batch_threads > 1 else None
         self.switch = ContentionSwitch(threads) if threads > 1 else None
         self.min_length = model.config.query_prefix  # the graph was traced with at least this many tokens
         self.pad_id = model.tokenizer.pad_token_id or 0
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> Prefix:
+    @property
+    def runs_tasks(self) -> bool:
+        """Whether ``encode_many`` runs its batches side by side (the batch thread count is above one)."""
+        return self._pool is not None
+
+    def encode_many(self, batches: list[dict[str, torch.Tensor]]) -> list[Prefix]:
+        """Several padded batches (a batch of queries in length groups), in order: with several batch threads, as
+        tasks on one thread each, that many at a time, largest first; else (or for a single batch, e.g. one
+        query, which keeps every thread it is given) one plain call after another. Why tasks: no padding is needed across groups and no
+        barrier between threads after each of the graph's ~100 operators (eval/batch_tasks.py)."""
+        if self._pool is None or len(batches) < 2:
+            return [self(batch) for batch in batches]
+        order = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].numel())
+        encoded = dict(zip(order, self._pool.map(lambda i: self(batches[i], one_thread=True), order)))
+        return [encoded[i] for i in range(len(batches))]
+
+    def __call__(self, batch: dict[str, torch.Tensor], *, one_thread: bool = False) -> Prefix:
         input_ids = batch["input_ids"].numpy().astype(np.int64, copy=False)
         attention = batch["attention_mask"].numpy().astype(np.int64, copy=False)
         short = self.min_length - input_ids.shape[1]
@@ -314,8 +333,9 @@ class OnnxQueryEncoder:
             attention = np.pad(attention, ((0, 0), (0, short)))
         feeds = {"input_ids": input_ids, "attention_mask": attention}
         switch, cpu, started = self.switch, time.process_time(), time.perf_counter()
-        parallel = len(input_ids) == 1 and switch is not None and switch.parallel(cpu, started)
-        session = self.batch_session if len(input_ids) > 1 else self.session if parallel else self.single_session
+        parallel = not one_thread and len(input_ids) == 1 and switch is not None and switch.parallel(cpu, started)
+        session = (self.single_session if one_thread else self.batch_session if len(input_ids) > 1
+                   else self.session if parallel else self.single_session)
         vectors, mask, pooled = session.run(None, feeds)
         if switch is not None:
             cpu_now, now = time.process_time(), time.perf_counter()

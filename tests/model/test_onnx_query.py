@@ -57,3 +57,31 @@ def test_a_lone_query_encodes_alike_on_one_thread_and_on_two():
     for a, b in zip(parallel, alone):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     assert OnnxQueryEncoder(model, threads=1).switch is None  # nothing to switch between
+
+
+class _CountingSession:
+    def __init__(self, session, calls: list[str], name: str):
+        self.session, self.calls, self.name = session, calls, name
+
+    def run(self, *args):
+        self.calls.append(self.name)
+        return self.session.run(*args)
+
+
+def test_several_length_groups_run_as_one_thread_tasks_and_a_lone_query_keeps_its_threads():
+    model = DiPairModel(tiny_config(seed=2)).eval()
+    encoder = OnnxQueryEncoder(model, threads=2, batch_threads=2)
+    calls: list[str] = []
+    encoder.session = _CountingSession(encoder.session, calls, "two threads")
+    encoder.single_session = _CountingSession(encoder.single_session, calls, "one thread")
+    lone = model.tokenize(["what is a qubit"], max_length=32)
+    long = model.tokenize(["what is a qubit made of in a superconducting quantum computer"], max_length=32)
+    assert encoder.runs_tasks
+    encoder.encode_many([lone])
+    assert calls == ["two threads"]  # a single batch is a plain call: the switch chooses its threads
+    calls.clear()
+    many = encoder.encode_many([lone, long])
+    assert calls == ["one thread", "one thread"]
+    for got, batch in zip(many, (lone, long)):  # in order, as if encoded one by one
+        assert torch.allclose(got.vectors, encoder(batch).vectors, atol=1e-5)
+    assert not OnnxQueryEncoder(model, threads=2, batch_threads=1).runs_tasks
