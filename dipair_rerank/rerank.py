@@ -52,7 +52,8 @@ QUERY_GROUP_RATIO = 1.5
 """A batch of queries is encoded in groups of similar token length, the longest in a group at most 1.5x the
 shortest, each padded only to its own longest. Why: encoding cost grows with padded tokens, and DL19's queries run
 from 6 to 15 tokens; 16 of them took 97 ms padded to the longest, 59 ms in two groups (one call's overhead is far
-smaller than the padding it saves)."""
+smaller than the padding it saves). Where the encoder runs groups side by side on one thread each
+(``OnnxQueryEncoder.encode_many``), the groups are of equal length instead: no padding, and the calls overlap."""
 
 
 WARM_UP_BATCH = 16  # queries in warm_up's batch: a service's batches at concurrency 16 hold ~10 (eval/bench_serve.py)

@@ -6,7 +6,11 @@ milliseconds measured in separate runs do not compare. A process re-ranks every 
 ``DiPairReranker.rerank`` ``--passes`` times after warm-up, and reports the median whole call and the median of
 each stage (query encoding, gather, head). Both use the same index, model and threads.
 
-    python eval/compare_revisions.py --baseline 6ea2c8a [--rounds 3]   # needs indexes/eff-dl19
+With ``--batched``, a process instead runs eval/bench_latency.py's (d) over all DL19 topics, ``--passes`` times
+after 5 s of BM25 alone: Pyserini BM25 alone, then ``DiPairSearcher.batch_search`` (BM25 + DiPair), pass by
+pass; it reports the milliseconds per query of each and what DiPair adds.
+
+    python eval/compare_revisions.py --baseline 6ea2c8a [--rounds 3] [--batched]   # needs indexes/eff-dl19
 """
 
 from __future__ import annotations
@@ -55,17 +59,45 @@ def time_reranker(reranker, queries: list[tuple[str, list[str]]], passes: int) -
     return {"rerank": statistics.median(calls), "rerank p95": statistics.quantiles(calls, n=20)[-1], **stages}
 
 
-def child(index: str, threads: int, passes: int) -> None:
+def time_batches(index: str, threads: int, passes: int) -> dict[str, float]:
+    """Milliseconds per query of BM25 alone and of BM25 + DiPair over all DL19 topics in batches, pass by pass."""
+    from dipair_rerank.data import read_topics, shared_data_dir
+    from dipair_rerank.pipeline import DiPairSearcher
+
+    topics = read_topics(shared_data_dir() / "msmarco-dl19" / "queries.tsv")
+    qids, queries = list(topics), list(topics.values())
+    searcher = DiPairSearcher.from_index(index, threads=threads)
+    searcher.reranker.warm_up()
+    warm_until = time.perf_counter() + 5.0  # the JVM compiles Lucene's code in the first seconds
+    while time.perf_counter() < warm_until:
+        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
+    bm25 = both = 0.0
+    for repeat in range(passes + 1):  # the first pass warms both up
+        start = time.perf_counter()
+        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
+        middle = time.perf_counter()
+        searcher.batch_search(queries, qids, k=100, threads=threads)
+        if repeat:
+            bm25, both = bm25 + middle - start, both + time.perf_counter() - middle
+    per_query = 1000.0 / (passes * len(qids))
+    return {"BM25 alone": bm25 * per_query, "BM25 + DiPair": both * per_query,
+            "DiPair adds": (both - bm25) * per_query, "ratio": bm25 / both}
+
+
+def child(index: str, threads: int, passes: int, batched: bool) -> None:
     """Time this process's revision (the one ``dipair_rerank`` imports from); print one JSON line."""
     from dipair_rerank.rerank import DiPairReranker
 
+    if batched:
+        print(json.dumps(time_batches(index, threads, passes)))
+        return
     reranker = DiPairReranker.from_index(index, threads=threads)
     print(json.dumps(time_reranker(reranker, dl19_queries(), passes)))
 
 
 def measure(source: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", "--index", str(Path(args.index).resolve()),
-               "--threads", str(args.threads), "--passes", str(args.passes)]
+               "--threads", str(args.threads), "--passes", str(args.passes), *(["--batched"] if args.batched else [])]
     env = {**os.environ, "PYTHONPATH": str(source)}
     result = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -79,10 +111,11 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="passes over the 43 topics per process")
     parser.add_argument("--rounds", type=int, default=3, help="turns each revision takes")
     parser.add_argument("--output", default="eval/results/compare_revisions.md", help="the report (also printed)")
+    parser.add_argument("--batched", action="store_true", help="BM25 alone and BM25 + DiPair in batches, per query")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.index, args.threads, args.passes)
+        child(args.index, args.threads, args.passes, args.batched)
         return
     from dipair_rerank.data import shared_data_dir
     from dipair_rerank.evaluate.report import format_rounds, publish_report
@@ -99,10 +132,12 @@ def main() -> None:
                     rows[name].append(measure(source, args))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=True)
+    kind = "batched, ms per query" if args.batched else "p50 ms"
+    columns = ["BM25 alone", "BM25 + DiPair", "DiPair adds", "ratio"] if args.batched else [
+        "rerank", "query_encoding", "gather", "head"]
     header = (f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  DL19 BM25 top-100, {args.threads} threads, "
-              f"{args.rounds} rounds x {args.passes} passes; p50 ms (median over rounds; each round in brackets)\n\n")
-    publish_report(header + format_rounds("revision", rows, ["rerank", "query_encoding", "gather", "head"]),
-                   args.output)
+              f"{args.rounds} rounds x {args.passes} passes; {kind} (median over rounds; each round in brackets)\n\n")
+    publish_report(header + format_rounds("revision", rows, columns), args.output)
 
 if __name__ == "__main__":
     main()

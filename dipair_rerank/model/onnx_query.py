@@ -315,9 +315,10 @@ class OnnxQueryEncoder:
 
     def encode_many(self, batches: list[dict[str, torch.Tensor]]) -> list[Prefix]:
         """Several padded batches (a batch of queries in length groups), in order: with several batch threads, as
-        tasks on one thread each, that many at a time, largest first; else (or for a single batch, e.g. one
-        query, which keeps every thread it is given) one plain call after another. Why tasks: no padding is needed across groups and no
-        barrier between threads after each of the graph's ~100 operators (eval/batch_tasks.py)."""
+        tasks on one thread each, that many at a time, largest first; else, or for a single batch (e.g. one query,
+        which keeps every thread it is given), one plain call after another. Why tasks: no padding is needed
+        across groups and no barrier between threads after each of the graph's ~100 operators
+        (eval/batch_tasks.py)."""
         if self._pool is None or len(batches) < 2:
             return [self(batch) for batch in batches]
         order = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].numel())
