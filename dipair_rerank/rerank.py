@@ -223,7 +223,7 @@ class DiPairReranker:
         object alive now out of the garbage collector's full passes (``gc.freeze``, after one last collection).
 
         Why the freeze: torch, transformers, ONNX and the JVM bridge leave ~0.5M tracked objects, and a full pass
-        over them took ~310 ms; batches of re-ranked hits trigger one every few hundred queries (a run over many
+        over them took ~0.3 s; batches of re-ranked hits trigger one every few hundred queries (a run over many
         topics, a busy service). Frozen, such a pass reads only what was made since (eval/gc_pauses.py)."""
         rows = min(depth, len(self.cache))
         lookup = self.cache.docids

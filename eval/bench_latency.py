@@ -155,19 +155,9 @@ def main() -> None:
                                          query_backend=args.query_backend)
     searcher.reranker.warm_up(args.depth)
     all_qids = list(topics)
-    all_queries = [topics[q] for q in all_qids]
-    bm25_seconds = dipair_seconds = 0.0
-    warm_until = time.perf_counter() + args.jvm_warm_up  # compare the two in the JVM's steady state
-    while time.perf_counter() < warm_until:
-        searcher.first_stage.retrieve(all_qids, all_queries, args.depth, threads=args.threads)
-    for repeat in range(args.repeats + 1):  # the first pass warms both up
-        start = time.perf_counter()
-        searcher.first_stage.retrieve(all_qids, all_queries, args.depth, threads=args.threads)
-        middle = time.perf_counter()
-        searcher.batch_search(all_queries, all_qids, k=args.depth, threads=args.threads)
-        if repeat:
-            bm25_seconds += middle - start
-            dipair_seconds += time.perf_counter() - middle
+    bm25_seconds, dipair_seconds = batched_seconds(searcher, all_qids, [topics[q] for q in all_qids],
+                                                   passes=args.repeats, threads=args.threads, depth=args.depth,
+                                                   jvm_warm_up=args.jvm_warm_up)
     qps = args.repeats * len(all_qids) / dipair_seconds
     bm25_qps = args.repeats * len(all_qids) / bm25_seconds
 
@@ -207,6 +197,24 @@ end = time.time() + float(sys.argv[1])
 while time.time() < end:
     pass
 """
+
+
+def batched_seconds(searcher, qids: list[str], queries: list[str], *, passes: int, threads: int, depth: int = 100,
+                    jvm_warm_up: float = 0.0) -> tuple[float, float]:
+    """Seconds of BM25 alone and of BM25 + DiPair (``batch_search``) over ``passes`` batched passes through all
+    ``queries``, taking turns pass by pass after ``jvm_warm_up`` seconds of BM25 alone and one untimed pass."""
+    warm_until = time.perf_counter() + jvm_warm_up  # compare the two in the JVM's steady state
+    while time.perf_counter() < warm_until:
+        searcher.first_stage.retrieve(qids, queries, depth, threads=threads)
+    bm25 = dipair = 0.0
+    for repeat in range(passes + 1):  # the first pass warms both up
+        start = time.perf_counter()
+        searcher.first_stage.retrieve(qids, queries, depth, threads=threads)
+        middle = time.perf_counter()
+        searcher.batch_search(queries, qids, k=depth, threads=threads)
+        if repeat:
+            bm25, dipair = bm25 + middle - start, dipair + time.perf_counter() - middle
+    return bm25, dipair
 
 
 @contextmanager

@@ -61,25 +61,16 @@ def time_reranker(reranker, queries: list[tuple[str, list[str]]], passes: int) -
 
 def time_batches(index: str, threads: int, passes: int) -> dict[str, float]:
     """Milliseconds per query of BM25 alone and of BM25 + DiPair over all DL19 topics in batches, pass by pass."""
+    from bench_latency import batched_seconds
     from dipair_rerank.data import read_topics, shared_data_dir
     from dipair_rerank.pipeline import DiPairSearcher
 
     topics = read_topics(shared_data_dir() / "msmarco-dl19" / "queries.tsv")
-    qids, queries = list(topics), list(topics.values())
     searcher = DiPairSearcher.from_index(index, threads=threads)
     searcher.reranker.warm_up()
-    warm_until = time.perf_counter() + 5.0  # the JVM compiles Lucene's code in the first seconds
-    while time.perf_counter() < warm_until:
-        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
-    bm25 = both = 0.0
-    for repeat in range(passes + 1):  # the first pass warms both up
-        start = time.perf_counter()
-        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
-        middle = time.perf_counter()
-        searcher.batch_search(queries, qids, k=100, threads=threads)
-        if repeat:
-            bm25, both = bm25 + middle - start, both + time.perf_counter() - middle
-    per_query = 1000.0 / (passes * len(qids))
+    bm25, both = batched_seconds(searcher, list(topics), list(topics.values()), passes=passes, threads=threads,
+                                 jvm_warm_up=5.0)  # the JVM compiles Lucene's code in the first seconds
+    per_query = 1000.0 / (passes * len(topics))
     return {"BM25 alone": bm25 * per_query, "BM25 + DiPair": both * per_query,
             "DiPair adds": (both - bm25) * per_query, "ratio": bm25 / both}
 

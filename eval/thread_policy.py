@@ -33,7 +33,7 @@ from contextlib import nullcontext
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_latency import busy_core
+from bench_latency import batched_seconds, busy_core
 from compare_revisions import dl19_queries, time_reranker
 from dipair_rerank.evaluate.report import format_rounds, publish_report
 
@@ -103,15 +103,8 @@ def batched(index: str, threads: int, queries: list[str], repeats: int = 2) -> d
 
     searcher = DiPairSearcher.from_index(index, first_stage="bm25", depth=100, threads=threads)
     searcher.reranker.warm_up()
-    qids = [str(i) for i in range(len(queries))]
-    bm25 = dipair = 0.0
-    for repeat in range(repeats + 1):  # the first pass warms both up
-        start = time.perf_counter()
-        searcher.first_stage.retrieve(qids, queries, 100, threads=threads)
-        middle = time.perf_counter()
-        searcher.batch_search(queries, qids, k=100, threads=threads)
-        if repeat:
-            bm25, dipair = bm25 + middle - start, dipair + time.perf_counter() - middle
+    bm25, dipair = batched_seconds(searcher, [str(i) for i in range(len(queries))], queries, passes=repeats,
+                                   threads=threads)
     return {"batched q/s": repeats * len(queries) / dipair, "x BM25 alone": bm25 / dipair}
 
 

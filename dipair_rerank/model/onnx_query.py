@@ -299,10 +299,9 @@ class OnnxQueryEncoder:
     def __init__(self, model: DiPairModel, *, threads: int = 1, batch_threads: int | None = None, int8: bool = False):
         path = quantize_query_branch(model) if int8 else fused_query_branch(model)
         self.path = path  # the graph this encoder runs
-        sessions = {count: inference_session(path, count) for count in {1, threads, batch_threads or threads}}
-        self.session, self.batch_session = sessions[threads], sessions[batch_threads or threads]
-        self.single_session = sessions[1]
         batch_threads = batch_threads or threads
+        sessions = {count: inference_session(path, count) for count in {1, threads, batch_threads}}
+        self.session, self.batch_session, self.single_session = sessions[threads], sessions[batch_threads], sessions[1]
         self._pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="dipair-query") if batch_threads > 1 else None
         self.switch = ContentionSwitch(threads) if threads > 1 else None
         self.min_length = model.config.query_prefix  # the graph was traced with at least this many tokens
