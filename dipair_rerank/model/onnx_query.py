@@ -334,8 +334,8 @@ class OnnxQueryEncoder:
         feeds = {"input_ids": input_ids, "attention_mask": attention}
         switch, cpu, started = self.switch, time.process_time(), time.perf_counter()
         parallel = not one_thread and len(input_ids) == 1 and switch is not None and switch.parallel(cpu, started)
-        session = (self.single_session if one_thread else self.batch_session if len(input_ids) > 1
-                   else self.session if parallel else self.single_session)
+        several = len(input_ids) > 1 and not one_thread
+        session = self.batch_session if several else self.session if parallel else self.single_session
         vectors, mask, pooled = session.run(None, feeds)
         if switch is not None:
             cpu_now, now = time.process_time(), time.perf_counter()
