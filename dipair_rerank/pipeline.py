@@ -84,14 +84,12 @@ class DiPairSearcher:
                       ) -> list[list[RankedHit]]:
         depth = self.depth if depth is None else depth
         timer = self.reranker.timer
-        needs_vectors = isinstance(self.first_stage, DenseFirstStage)
-        encoded = self.reranker.encode_queries(queries) if needs_vectors else None
-        fetch = max(k, depth)
+        encoding = self.reranker.encode_queries_beside(queries)  # a batch's is under way while the first stage runs
+        dense = isinstance(self.first_stage, DenseFirstStage)  # it searches with the encoded queries
+        vectors = encoding.result().pooled.numpy() if dense else None
         with timer.time("first_stage", len(queries)):
-            vectors = encoded.pooled.numpy() if encoded is not None else None
-            candidates = self.first_stage.retrieve(qids, queries, fetch, query_vectors=vectors, threads=threads)
-        if encoded is None:
-            encoded = self.reranker.encode_queries(queries)
+            candidates = self.first_stage.retrieve(qids, queries, max(k, depth), query_vectors=vectors, threads=threads)
+        encoded = encoding.result()
         short = [len(hits) for hits in candidates if len(hits) < depth]
         self._short = (self._short[0] + len(short), min([self._short[1], *short]))
         heads = [hits[:depth] for hits in candidates]

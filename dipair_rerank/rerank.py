@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from dipair_rerank.errors import DiPairError
 from dipair_rerank.evaluate.latency import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
+from dipair_rerank.model.default import DEFAULT_MODEL
 from dipair_rerank.texts import RankedText, check_texts, rank_texts, text_blocks
 
 logger = logging.getLogger(__name__)
@@ -151,6 +153,9 @@ class DiPairReranker:
         self.timer = timer or StageTimer()
         self._heap = HeapGuard(heap_slack_mb)  # flat RSS over many variable-size batches (see _memory.py)
         self._encode_queries, self._onnx_head = self._query_graphs(query_backend)
+        # encodes a batch while the caller searches (encode_queries_beside); only where batches run as tasks
+        self._beside = (ThreadPoolExecutor(1, thread_name_prefix="dipair-encode")
+                        if getattr(self._encode_queries, "runs_tasks", False) else None)
         self._query_token_ids = query_token_ids(model.tokenizer, model.config.query_max_length)
         self._pad_id = model.tokenizer.pad_token_id or 0
 
@@ -185,6 +190,10 @@ class DiPairReranker:
             if (layout.root / recorded).is_dir():  # a model saved inside the index
                 recorded = layout.root / recorded
             model = load_model(model if model is not None else recorded)
+            cache_model = manifest.get("model_fingerprint")
+            if recorded == DEFAULT_MODEL and cache_model and cache_model != model.fingerprint():
+                raise DiPairError(f"{index_dir} was built with an earlier default model ({cache_model[:12]}); "
+                                  f"rebuild it with 'dipair-rerank index' to use this version's default model")
         return cls(model, PrefixCache(layout.cache), threads=threads, batch_threads=batch_threads,
                    query_backend=query_backend, heap_slack_mb=heap_slack_mb)
 
@@ -202,6 +211,17 @@ class DiPairReranker:
                 return parts[0]
             order = torch.tensor([i for group in groups for i in group]).argsort()
             return Prefix(*(torch.cat(field)[order] for field in zip(*parts)))
+
+    def encode_queries_beside(self, queries: Sequence[str]) -> Future[Prefix]:
+        """``encode_queries`` on a side thread, for a caller with work of its own meanwhile: a first stage's batch
+        search, whose hits Python then reads on one core while the other would idle (eval/overlap_first_stage.py).
+        Only batches whose encoder runs tasks (several batch threads) go beside; otherwise, as for a lone query,
+        this encodes now and returns the finished result."""
+        if self._beside is not None and len(queries) > 1:
+            return self._beside.submit(self.encode_queries, list(queries))
+        done: Future[Prefix] = Future()
+        done.set_result(self.encode_queries(queries))
+        return done
 
     def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer.time("gather", queries):

@@ -90,10 +90,10 @@ dipair-rerank -v train --fresh --cached-stage1 --features $F --feature-keep 16 3
     --stage1-epochs ${EPOCHS:-6} --stage1-lr 3e-4 --queries-per-step 32 --sample-candidates 16 --patience 2 \
     --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 $EXTRA_VAL --stage2-epochs 0 --seed 0 --threads ${THREADS:-2}
 
-# 7. ship it (head + projections + the tuned query layers as an fp16 delta + tokenizer; the rest of the encoder is
-#    the packaged MiniLM). SHIP=0 trains without replacing the shipped model (ablation runs).
-if [ "${SHIP:-1}" = 1 ]; then
-  rm -rf dipair_rerank/model/shipped.tmp && cp -r $W/$NAME/model dipair_rerank/model/shipped.tmp
-  rm -rf dipair_rerank/model/shipped && mv dipair_rerank/model/shipped.tmp dipair_rerank/model/shipped
-  du -sh dipair_rerank/model/shipped
-fi
+# 7. a shallower query tower (issue 11): the model above without its frozen query layers 2 and 3, its tuned layers
+#    distilled to give the full tower's query blocks (query texts only; document side, projections and head as
+#    trained above), and ship it (head + projections + the tuned query layers as an fp16 delta + tokenizer; the rest
+#    of the encoder is the packaged MiniLM). SHIP=0 trains without replacing the shipped model (ablation runs).
+SHIP_FLAG=""; if [ "${SHIP:-1}" = 1 ]; then SHIP_FLAG="--ship"; fi
+python eval/distill_query_tower.py --teacher $W/$NAME/model --skip 2 3 --work $W/$NAME-query-tower $SHIP_FLAG
+du -sh dipair_rerank/model/shipped

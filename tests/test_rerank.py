@@ -67,6 +67,18 @@ def test_refuses_a_cache_built_by_another_model(tiny_index):
         DiPairReranker.from_index(tiny_index, model=other)
 
 
+def test_an_index_built_with_an_earlier_default_model_asks_to_be_rebuilt(tiny_index, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "old-default"
+    shutil.copytree(tiny_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "model": "default"}))
+    with pytest.raises(DiPairError, match="built with an earlier default model .* rebuild it"):
+        DiPairReranker.from_index(copy)
+
+
 def test_timer_records_each_stage(tiny_index):
     reranker = DiPairReranker.from_index(tiny_index)
     reranker.rerank("pets", ["d1", "d3"])
@@ -228,3 +240,23 @@ def test_batches_run_on_their_own_thread_count_with_the_same_scores(tiny_index):
                        ([shared.rerank(queries[0], docids[0])], [split.rerank(queries[0], docids[0])])):
         assert [[h.score for h in hits] for hits in one] == [pytest.approx([h.score for h in hits], abs=1e-5)
                                                             for hits in other]
+
+
+def test_a_batch_is_encoded_beside_the_caller_and_a_lone_query_at_once(tiny_index):
+    import threading
+
+    reranker = DiPairReranker.from_index(tiny_index, threads=2, query_backend="onnx")
+    threads: list[str] = []
+    encode = reranker.encode_queries
+
+    def recording(queries):
+        threads.append(threading.current_thread().name)
+        return encode(queries)
+
+    reranker.encode_queries = recording
+    batch = ["quantum qubits", "pet cats and dogs", "photosynthesis in plants"]
+    assert torch.equal(reranker.encode_queries_beside(batch).result().vectors, encode(batch).vectors)
+    lone = reranker.encode_queries_beside(["quantum qubits"])
+    assert lone.done() and threads[0].startswith("dipair-encode") and threads[1] == threading.current_thread().name
+    one_thread = DiPairReranker.from_index(tiny_index, threads=2, batch_threads=1, query_backend="onnx")
+    assert one_thread._beside is None and one_thread.encode_queries_beside(batch).done()

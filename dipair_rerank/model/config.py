@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class DiPairConfig:
         query_tuned_layers: L > 0 gives the query its own tower whose top L layers are trained apart from the
             document tower (issue 10). The document tower, and so every cache, stays ``encoder`` as published;
             a saved model stores only these L layers (a small delta) and reads the rest from ``encoder``.
+        query_skipped_layers: frozen layers (below the tuned ones) the query tower leaves out: a shallower, faster
+            query tower whose tuned layers learned to stand in for them (``train/query_tower.py``, issue 11).
         doc_tuned_layer: the document's kept prefix is read from a trained copy of the document tower's top
             layer, run at the n kept positions only (keys and values over every token, as the frozen layer
             computes them); the pooled vector stays the frozen tower's (the bi-encoder embedding). Index time is
@@ -53,6 +55,7 @@ class DiPairConfig:
     encoder: str = DEFAULT_ENCODER
     shared_encoder: bool = True
     query_tuned_layers: int = 0
+    query_skipped_layers: list[int] = field(default_factory=list)
     doc_tuned_layer: bool = False
     encoder_config: dict[str, Any] | None = None
     query_prefix: int = 8

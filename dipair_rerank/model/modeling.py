@@ -35,7 +35,7 @@ ENCODER_PREFIX = "encoders."
 DOC_LAYER_PREFIX = "doc_top_layer."
 
 
-_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual")
+_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers")
 
 
 class Prefix(NamedTuple):
@@ -145,6 +145,8 @@ class DiPairModel(nn.Module):
                 )
                 for index in range(towers)
             )
+            if config.query_skipped_layers and stored_encoders is None:  # stored towers are saved already shallow
+                self._skip_query_layers(config.query_skipped_layers)
             hidden = self.encoders[0].config.hidden_size
             self.hidden_size = hidden
             # rows of d_p after the head's rows that carry the normalised full-width pooled vector
@@ -178,6 +180,15 @@ class DiPairModel(nn.Module):
             torch.random.set_rng_state(generator_state)
         self._fingerprint: str | None = None
         self.eval()
+
+    def _skip_query_layers(self, skipped: Sequence[int]) -> None:
+        layers = self.query_encoder.encoder.layer
+        frozen = len(layers) - self.config.query_tuned_layers
+        if self.config.towers < 2 or any(not 0 <= i < frozen for i in skipped):
+            raise DiPairError(f"query_skipped_layers={list(skipped)} must name frozen layers (0..{frozen - 1}) of a "
+                              "query tower with tuned top layers (query_tuned_layers > 0)")
+        self.query_encoder.encoder.layer = nn.ModuleList(layer for i, layer in enumerate(layers) if i not in skipped)
+        self.query_encoder.config.num_hidden_layers = len(self.query_encoder.encoder.layer)
 
     def _init_projections(self) -> None:
         """Both projections start as the same semi-orthogonal map, so cosines of pooled vectors survive it."""

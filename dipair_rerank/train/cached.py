@@ -189,6 +189,9 @@ def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray,
     if layer is None:
         pooled = torch.from_numpy(queries.pooled[q_rows]).to(device)
         return project_features(model, "query", prefix, mask, pooled, model.config.query_prefix)
+    if model.config.query_skipped_layers:  # the stored layer inputs are the full tower's
+        raise DiPairError("cached query features are the full query tower's: distil a shallower one with "
+                          "eval/distill_query_tower.py instead")
     width = max(int(mask.sum(1).max()), model.config.query_prefix)  # stored padded to max_length: trim
     prefix, mask = prefix[:, :width], mask[:, :width]
     hidden = run_top_layers(model.query_encoder, prefix.float(), mask, int(layer))
