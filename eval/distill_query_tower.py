@@ -1,6 +1,6 @@
 """Distil a shallower query tower from a model's own (issue 11; ``dipair_rerank/train/query_tower.py``) and
 report, per collection, nDCG@10 of the two models re-ranking BM25's top 100 from the same cached documents, and the
-mean Kendall tau between their scores per query.
+mean Kendall tau between their scores per query; then the two query towers' encoding time on DL19's queries.
 
 Training queries (texts only): the training sets of eval/prepare_train_data.py but DL21 (MS MARCO dev-subset
 queries, pseudo-queries cropped from the DL21/DL22 pools, SciFact titles, SciFact train, DL22). DL21 is the
@@ -72,11 +72,41 @@ def compare(models: dict[str, DiPairModel], index: str, topics_path: Path, run_p
     return {name: evaluate(qrels, r, "nDCG@10")[0].value for name, r in runs.items()}, float(np.mean(taus))
 
 
+def encoding_ms(models: dict[str, DiPairModel], queries: list[str], rounds: int = 30) -> dict[str, tuple[float, float]]:
+    """Median ms per query of each model's int8 query graph (the default backend, 2 threads): (one query at a
+    time, a batch of all ``queries`` as one-thread tasks of equal length), the models taking turns."""
+    from dipair_rerank.model.onnx_query import OnnxQueryEncoder
+    from dipair_rerank.rerank import length_groups, padded_batch, query_token_ids
+
+    inputs = {}
+    for name, model in models.items():
+        encoder = OnnxQueryEncoder(model, threads=2, batch_threads=2, int8=True)
+        ids = query_token_ids(model.tokenizer, model.config.query_max_length)(queries)
+        pad = model.tokenizer.pad_token_id or 0
+        groups = length_groups([len(row) for row in ids], 1.0)
+        inputs[name] = (encoder, [padded_batch([row], pad) for row in ids],
+                        [padded_batch([ids[i] for i in group], pad) for group in groups])
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in models}
+    for turn in range(rounds + 1):  # the first round warms up
+        for name in models if turn % 2 else list(models)[::-1]:
+            encoder, lone, groups = inputs[name]
+            start = time.perf_counter()
+            for batch in lone:
+                encoder(batch)
+            middle = time.perf_counter()
+            encoder.encode_many(groups)
+            if turn:
+                times[name][0].append((middle - start) * 1000 / len(queries))
+                times[name][1].append((time.perf_counter() - middle) * 1000 / len(queries))
+    return {name: (float(np.median(a)), float(np.median(b))) for name, (a, b) in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="default", help="the model whose query tower is distilled")
     parser.add_argument("--skip", type=int, nargs="+", default=[2, 3], help="frozen query layers left out")
-    parser.add_argument("--sets", default="eval/work/train/sets")
+    parser.add_argument("--sets", default="eval/work/train/sets", help="eval/prepare_train_data.py's training sets")
+    parser.add_argument("--queries", nargs="+", help="topic files (qid<TAB>text, or irds:ID) to train on instead")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--work", default="eval/work/query-tower", help="checkpoints (resumable) and the model")
@@ -90,7 +120,8 @@ def main() -> None:
     teacher = DiPairModel.from_pretrained(args.teacher)
     student = shallow_student(teacher, args.skip)
     work = Path(args.work) / ("skip-" + "-".join(map(str, sorted(set(args.skip)))))
-    queries = [text for name in TRAINING_SETS for text in read_topics(Path(args.sets) / name / "topics.tsv").values()]
+    sources = args.queries or [Path(args.sets) / name / "topics.tsv" for name in TRAINING_SETS]
+    queries = [text for source in sources for text in read_topics(source).values()]
     started = time.time()
     losses = distill_query_tower(teacher, student, queries, work, epochs=args.epochs, lr=args.lr)
     minutes = (time.time() - started) / 60
@@ -105,12 +136,18 @@ def main() -> None:
         rows.append({"collection": name, "nDCG@10 full tower": f"{ndcg['teacher']:.4f}",
                      "nDCG@10 shallow tower": f"{ndcg['student']:.4f}",
                      "delta": f"{ndcg['student'] - ndcg['teacher']:+.4f}", "mean Kendall tau": f"{tau:.3f}"})
+    speed = encoding_ms({"teacher": teacher, "student": student},
+                        list(read_topics(shared_data_dir() / "msmarco-dl19" / "queries.tsv").values()))
+    timing = [{"query tower": f"{label} ({len(model.query_encoder.encoder.layer)} layers)",
+               "ms per query, one at a time": f"{speed[name][0]:.3f}", "ms per query, batched": f"{speed[name][1]:.3f}"}
+              for name, label, model in (("teacher", "full", teacher), ("student", "shallow", student))]
     layers = len(teacher.query_encoder.encoder.layer)
     header = (f"# distill_query_tower  {time.strftime('%Y-%m-%d %H:%M')}  query layers {layers} -> "
               f"{layers - len(set(args.skip))} (left out: {sorted(set(args.skip))}), {len(queries)} training queries, "
               f"{args.epochs} epochs (loss {' '.join(f'{x:.3f}' for x in losses)}; {minutes:.1f} min this run)\n\n")
-    if rows:
-        publish_report(header + format_table(rows, list(rows[0])) + "\n", args.output)
+    quality = format_table(rows, list(rows[0])) + "\n\n" if rows else ""
+    publish_report(header + quality + "Query encoding over DL19's queries (int8 graph, 2 threads; the models taking "
+                   "turns):\n\n" + format_table(timing, list(timing[0])) + "\n", args.output)
     if args.ship:
         staging = SHIPPED.with_name("shipped.tmp")
         shutil.rmtree(staging, ignore_errors=True)

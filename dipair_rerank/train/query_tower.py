@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dipair_rerank.errors import DiPairError
 from dipair_rerank.model import DiPairModel
 from dipair_rerank.model.config import DiPairConfig
 from dipair_rerank.model.modeling import ENCODER_PREFIX, Prefix, _masked_mean
@@ -37,6 +38,9 @@ POOLED_WEIGHT = 10.0  # the full-width cosine carries the bi-encoder's share of 
 def shallow_student(teacher: DiPairModel, skipped: Sequence[int]) -> DiPairModel:
     """``teacher`` with its frozen query layers ``skipped`` left out; everything else, tuned layers included,
     starts as the teacher's (a skipped layer's successors take its place in the numbering)."""
+    if teacher.config.query_skipped_layers:
+        raise DiPairError(f"the teacher's query tower already leaves out layers {teacher.config.query_skipped_layers}: "
+                          "distil from the full-tower model it was made from")
     config = DiPairConfig.from_dict({**teacher.config.to_dict(), "query_skipped_layers": sorted(set(skipped))})
     student = DiPairModel(config, pretrained_encoder=config.encoder_config is None)
     layer = f"{ENCODER_PREFIX}0.encoder.layer."

@@ -27,6 +27,8 @@ def test_the_shallow_student_starts_as_the_teacher_without_the_skipped_layers():
     assert student.fingerprint() != teacher.fingerprint()
     with pytest.raises(DiPairError, match="must name frozen layers"):
         shallow_student(teacher, [3])  # the tuned layer cannot be left out
+    with pytest.raises(DiPairError, match="already leaves out layers"):
+        shallow_student(student, [0])
 
 
 def test_distilling_trains_only_the_tuned_layers_resumes_and_saves_a_loadable_model(tmp_path):
