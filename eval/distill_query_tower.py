@@ -7,8 +7,9 @@ queries, pseudo-queries cropped from the DL21/DL22 pools, SciFact titles, SciFac
 validation set; DL19 and SciFact test are reported, never used to choose anything. The document side is the
 teacher's, so indexes built with the teacher serve both (indexes/eff-*, as eval/effectiveness.py builds them).
 
-    python eval/prepare_train_data.py                       # once: the training sets (eval/work/train/sets)
-    python eval/distill_query_tower.py --skip 2 3 --ship    # ~15 min on 2 cores; --ship replaces the shipped model
+    bash eval/train_default.sh   # the whole recipe: trains the 6-layer model, then runs this on it (its step 7)
+    # or on a 6-layer model of your own (after python eval/prepare_train_data.py, for the training sets):
+    python eval/distill_query_tower.py --teacher MODEL --skip 2 3 [--ship]   # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def encoding_ms(models: dict[str, DiPairModel], queries: list[str], rounds: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="default", help="the model whose query tower is distilled")
+    parser.add_argument("--teacher", required=True,
+                        help="the full-tower model whose query tower is distilled (a model folder or a --model name)")
     parser.add_argument("--skip", type=int, nargs="+", default=[2, 3], help="frozen query layers left out")
     parser.add_argument("--sets", default="eval/work/train/sets", help="eval/prepare_train_data.py's training sets")
     parser.add_argument("--queries", nargs="+", help="topic files (qid<TAB>text, or irds:ID) to train on instead")
