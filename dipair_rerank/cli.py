@@ -225,7 +225,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage1-lr", type=float, default=1e-3)
     p.add_argument("--encoder-lr", type=float, default=5e-5,
                    help="cached stage 1: learning rate of the tuned encoder layers (--set query_tuned_layers=L, "
-                   "--set doc_tuned_layer=true) (default %(default)s)")
+                   "--set doc_tuned_layer=true); 0 keeps a trained query tower as it is (default %(default)s)")
     p.add_argument("--stage2-epochs", type=int, default=1)
     p.add_argument("--stage2-lr", type=float, default=2e-5)
     p.add_argument("--queries-per-step", type=int, default=8)
@@ -235,7 +235,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=_threads_default())
     p.add_argument("--fresh", action="store_true", help="start from a fresh seeded model (not the shipped one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="DiPairConfig field of the fresh model, e.g. --set proj_dim=64 (repeatable)")
+                   help="DiPairConfig field of the fresh model, e.g. --set proj_dim=64, or, with --model, a change "
+                   "to that model's config whose weights are kept where they fit, e.g. --set "
+                   "channels=first_stage,lexical,cosine --set lexical_model=PATH (repeatable)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where teacher scores, embeddings and lexical vectors are cached (default OUTPUT/teacher)")
     p.add_argument("--cached-stage1", action="store_true",
                    help="stage 1 over cached frozen-encoder features (fast; validation split + early stopping)")
     p.add_argument("--features", default=None, help="feature cache folder (default OUTPUT/features)")

@@ -2,7 +2,8 @@
 in no index (``texts.py``), so both produce the same rows.
 
 Texts are tokenized once, sorted by length and batched, so padding is minimal; results come back in input
-order. The same forward pass yields the mean-pooled vectors used for the optional dense index.
+order. The same forward pass yields the mean-pooled vectors used for the optional dense index; a model with a
+lexical channel also gives each text's SPLADE terms.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from dipair_rerank.model import DiPairModel
+from dipair_rerank.model.lexical import TermWeights
 
 
 class EncodedDocuments(NamedTuple):
@@ -21,6 +23,7 @@ class EncodedDocuments(NamedTuple):
     lengths: np.ndarray  # [N] uint16: kept prefix tokens that are real (not padding)
     pooled: np.ndarray  # [N, hidden] float32, L2-normalised: the bi-encoder embedding
     truncated: int = 0  # texts longer than doc_max_length tokens (cut there; 0 when the tokenizer cannot tell)
+    lexical: list[TermWeights] | None = None  # the lexical channel's (term ids, weights), for models that have it
 
 
 def encode_documents(
@@ -50,4 +53,5 @@ def encode_documents(
             pooled[rows] = prefix.pooled.numpy()
             if progress is not None:
                 progress.update(len(rows))
-    return EncodedDocuments(vectors, lengths, pooled, truncated)
+    lexical = model.lexical.encode(texts) if model.lexical is not None else None
+    return EncodedDocuments(vectors, lengths, pooled, truncated, lexical)

@@ -169,7 +169,7 @@ def encode_shard(model: DiPairModel, writer: CacheWriter, staging: Path, shard: 
         tmp = dense_path.with_name(f"{dense_path.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, encoded.pooled, allow_pickle=False)
         os.replace(tmp, dense_path)
-    writer.write_shard(shard, encoded.vectors, encoded.lengths)
+    writer.write_shard(shard, encoded.vectors, encoded.lengths, encoded.lexical)
 
 
 def load_shard_writer(model_dir: str, staging: Path, options: IndexOptions) -> ShardWriter:

@@ -106,7 +106,11 @@ class DiPairReRanker(pt.Transformer):
         if cached.any():
             spans = [rows[cached[rows]] for rows in rows_per_query]
             encoded = reranker.encode_queries(queries)
-            for span, row in zip(spans, reranker.score_encoded(encoded, [docnos[span].tolist() for span in spans])):
+            first_stage = None  # the frame's scores feed a model's first-stage channel
+            if "score" in frame.columns:
+                first_stage = [frame["score"].to_numpy(dtype="float64")[span] for span in spans]
+            for span, row in zip(spans, reranker.score_encoded(encoded, [docnos[span].tolist() for span in spans],
+                                                               first_stage)):
                 scores[span] = row
         if not cached.all():
             texts = frame["text"].to_numpy()

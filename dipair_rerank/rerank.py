@@ -23,8 +23,9 @@ from dipair_rerank.errors import DiPairError
 from dipair_rerank.evaluate.latency import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
+from dipair_rerank.model.channels import FIRST_STAGE, LEXICAL
 from dipair_rerank.model.default import DEFAULT_MODEL
-from dipair_rerank.texts import RankedText, check_texts, rank_texts, text_blocks
+from dipair_rerank.texts import RankedText, check_texts, lexical_dots, rank_texts, text_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,20 @@ def hit_docid(hit: Any) -> str:
     raise TypeError(f"cannot read a docid from {hit!r}: pass hits with .docid, (docid, score) pairs or docids")
 
 
+def hit_scores(hits: Sequence[Any]) -> list[float] | None:
+    """The first-stage scores of hits (``.score`` or a pair's second item), or None when any hit has none
+    (plain docids): the first-stage channel is then left out for that query."""
+    scores = []
+    for hit in hits:
+        score = getattr(hit, "score", None)
+        if score is None and isinstance(hit, (tuple, list)) and len(hit) > 1:
+            score = hit[1]
+        if score is None or isinstance(hit, str):
+            return None
+        scores.append(float(score))
+    return scores
+
+
 class DiPairReranker:
     """Re-rank candidates with a DiPair model and the index's prefix cache.
 
@@ -139,6 +154,9 @@ class DiPairReranker:
     def __init__(self, model: DiPairModel, cache: PrefixCache, *, threads: int | None = None,
                  batch_threads: int | None = None, timer: StageTimer | None = None, query_backend: str = "auto",
                  heap_slack_mb: float | None = None):
+        if LEXICAL in model.config.channels and not cache.has_lexical:
+            raise DiPairError(f"the cache at {cache.folder} stores no lexical terms, which this model's lexical "
+                              "channel reads; rebuild the index with this model ('dipair-rerank index --model ...')")
         if model.fingerprint() != cache.model_fingerprint:
             raise DiPairError(
                 f"the cache at {cache.folder} was built by model {cache.model_fingerprint[:12]}, not by the "
@@ -152,7 +170,7 @@ class DiPairReranker:
         self.cache = cache
         self.timer = timer or StageTimer()
         self._heap = HeapGuard(heap_slack_mb)  # flat RSS over many variable-size batches (see _memory.py)
-        self._encode_queries, self._onnx_head = self._query_graphs(query_backend)
+        self._encode_queries, self._onnx_head, self._lexical_queries = self._query_graphs(query_backend)
         # encodes a batch while the caller searches (encode_queries_beside); only where batches run as tasks
         self._beside = (ThreadPoolExecutor(1, thread_name_prefix="dipair-encode")
                         if getattr(self._encode_queries, "runs_tasks", False) else None)
@@ -160,7 +178,7 @@ class DiPairReranker:
         self._pad_id = model.tokenizer.pad_token_id or 0
 
     def _query_graphs(self, backend: str):
-        """(query encoder, ONNX head or None for torch's) for ``backend``."""
+        """(query encoder, ONNX head or None for torch's, lexical query encoder or None) for ``backend``."""
         from dipair_rerank.model.onnx_head import OnnxHead, head_exports
         from dipair_rerank.model.onnx_query import OnnxQueryEncoder, int8_available, onnx_available
 
@@ -168,15 +186,20 @@ class DiPairReranker:
             raise DiPairError(f"unknown query backend {backend!r} (choose {', '.join(QUERY_BACKENDS)})")
         if backend == "auto":
             backend = "torch" if not onnx_available() else "onnx-int8" if int8_available() else "onnx"
+        lexical = self.model.lexical
         if backend == "torch":
-            return self.model.encode_queries, None
+            return self.model.encode_queries, None, None if lexical is None else lexical.query_states
         if not onnx_available():
             raise DiPairError("query backend 'onnx' needs the onnx and onnxruntime packages (pip install onnx onnxruntime)")
         head = None
         if head_exports(self.model):  # calls over more than SMALL_HEAD_CALL pairs are batches
             head = OnnxHead(self.model, threads=self.batch_threads, small_call=SMALL_HEAD_CALL)
+        if lexical is not None:
+            from dipair_rerank.model.onnx_lexical import OnnxLexicalQuery
+
+            lexical = OnnxLexicalQuery(lexical)
         return OnnxQueryEncoder(self.model, threads=self.threads, batch_threads=self.batch_threads,
-                                int8=backend == "onnx-int8"), head
+                                int8=backend == "onnx-int8"), head, lexical
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
@@ -208,9 +231,13 @@ class DiPairReranker:
             batches = [padded_batch([ids[i] for i in group], self._pad_id) for group in groups]
             parts = self._encode_queries.encode_many(batches) if tasks else list(map(self._encode_queries, batches))
             if len(parts) == 1:
-                return parts[0]
-            order = torch.tensor([i for group in groups for i in group]).argsort()
-            return Prefix(*(torch.cat(field)[order] for field in zip(*parts)))
+                encoded = parts[0]
+            else:
+                order = torch.tensor([i for group in groups for i in group]).argsort()
+                encoded = Prefix(*(torch.cat(field)[order] for field in list(zip(*parts))[:3]))
+            if self._lexical_queries is not None:
+                encoded = encoded._replace(lexical=self._lexical_queries(list(queries)))
+            return encoded
 
     def encode_queries_beside(self, queries: Sequence[str]) -> Future[Prefix]:
         """``encode_queries`` on a side thread, for a caller with work of its own meanwhile: a first stage's batch
@@ -223,10 +250,17 @@ class DiPairReranker:
         done.set_result(self.encode_queries(queries))
         return done
 
-    def _gather(self, docids: Sequence[str], queries: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.timer.time("gather", queries):
-            blocks, lengths = self.cache.gather(self.cache.rows(docids))
-            return self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None)
+    def _gather(self, docids: Sequence[str], queries: Prefix, counts: list[int]
+                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """The candidates' cached blocks and masks, and their lexical dot products with their queries (None for a
+        model without a lexical channel)."""
+        with self.timer.time("gather", len(counts)):
+            rows = self.cache.rows(docids)
+            blocks, lengths = self.cache.gather(rows)
+            lexical = None
+            if queries.lexical is not None:
+                lexical = self.cache.lexical_dots(rows, np.repeat(np.arange(len(counts)), counts), queries.lexical)
+            return (*self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None), lexical)
 
     def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
         pairs = d_vectors.shape[0]
@@ -257,27 +291,43 @@ class DiPairReranker:
         gc.freeze()
 
     # ----- public API -----------------------------------------------------------------------------------------
-    def _score(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor
-               ) -> list[list[float]]:
+    def _score(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor, *,
+               first_stage: np.ndarray | None = None, lexical: np.ndarray | None = None) -> list[list[float]]:
         """One head call over every query's blocks (this call holds the only reference to them, so their memory
-        is free when the heap is checked); scores split back per query."""
+        is free when the heap is checked), plus the model's channels; scores split back per query."""
         keep = [i for i, count in enumerate(counts) if count]
         if len(keep) < len(counts):
-            queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep])
-        scores = self._head(queries, [counts[i] for i in keep], d_vectors, d_mask).tolist()
+            queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep],
+                             None if queries.lexical is None else queries.lexical[keep])
+        kept_counts = [counts[i] for i in keep]
+        head = self._head(queries, kept_counts, d_vectors, d_mask)
+        z = self.model.channel_z(kept_counts, queries, d_vectors, first_stage=first_stage, lexical=lexical)
+        scores = (head if z is None else head.float() + self.model.channel_scores(z)).tolist()
         del d_vectors, d_mask
         self._heap.check()
         offsets = np.cumsum([0, *counts]).tolist()
         return [scores[start:end] for start, end in zip(offsets, offsets[1:])]
 
-    def score_encoded(self, queries: Prefix, docids_per_query: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Each query's scores for its docids, in the order given (one gather and one head call in all)."""
+    def score_encoded(self, queries: Prefix, docids_per_query: Sequence[Sequence[str]],
+                      first_stage: Sequence[Sequence[float] | None] | None = None) -> list[list[float]]:
+        """Each query's scores for its docids, in the order given (one gather and one head call in all);
+        ``first_stage``: the candidates' own scores per query, for a model with that channel (a query's None, or
+        None for all, leaves the channel out for those queries)."""
         counts = [len(docids) for docids in docids_per_query]
         if sum(counts) == 0:
             return [[] for _ in counts]
         flat = [docid for docids in docids_per_query for docid in docids]
         self._heap.mark()
-        return self._score(queries, counts, *self._gather(flat, len(counts)))
+        d_vectors, d_mask, lexical = self._gather(flat, queries, counts)
+        return self._score(queries, counts, d_vectors, d_mask, lexical=lexical,
+                           first_stage=self._first_stage(first_stage, counts))
+
+    def _first_stage(self, scores: Sequence[Sequence[float] | None] | None, counts: list[int]) -> np.ndarray | None:
+        """The first-stage channel's raw values (NaN for queries without scores), or None when unused."""
+        if FIRST_STAGE not in self.model.config.channels or scores is None:
+            return None
+        return np.concatenate([np.asarray(row, np.float64) if row is not None else np.full(count, np.nan)
+                               for row, count in zip(scores, counts, strict=True)]) if counts else None
 
     def score_texts(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]], *,
                     batch_size: int = 32) -> list[list[float]]:
@@ -287,14 +337,19 @@ class DiPairReranker:
         self._heap.mark()
         encoded = self.encode_queries(queries)
         flat = [text for texts in texts_per_query for text in texts]
+        counts = [len(texts) for texts in texts_per_query]
         with torch.inference_mode(), self.timer.time("document_encoding", len(queries)):
-            d_vectors, d_mask = text_blocks(self.model, flat, batch_size=batch_size)
-        return self._score(encoded, [len(texts) for texts in texts_per_query], d_vectors, d_mask)
+            d_vectors, d_mask, terms = text_inputs(self.model, flat, batch_size=batch_size)
+            lexical = None if terms is None else lexical_dots(encoded.lexical, counts, terms)
+        return self._score(encoded, counts, d_vectors, d_mask, lexical=lexical)
 
     def rerank_encoded(self, queries: Prefix, hits_per_query: Sequence[Sequence[Any]]) -> list[list[RankedHit]]:
         """Re-rank each query's hits given already-encoded queries (one gather and one head call in all)."""
         docids_per_query = [[hit_docid(hit) for hit in hits] for hits in hits_per_query]
-        scores = self.score_encoded(queries, docids_per_query)
+        first_stage = None
+        if FIRST_STAGE in self.model.config.channels:
+            first_stage = [hit_scores(hits) for hits in hits_per_query]
+        scores = self.score_encoded(queries, docids_per_query, first_stage)
         return [[RankedHit(docid, -negated) for negated, docid in sorted(zip(map(float.__neg__, row), docids))]
                 for docids, row in zip(docids_per_query, scores)]  # best first, ties by docid; plain tuples sort in C
 

@@ -11,11 +11,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from dipair_rerank.encoding import encode_documents
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model import DiPairModel
+from dipair_rerank.model.lexical import LexicalQueries, TermWeights, sparse_dots, stored_terms
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +45,26 @@ def check_texts(texts: Iterable[str]) -> list[str]:
     return texts
 
 
-def text_blocks(model: DiPairModel, texts: Sequence[str], *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head inputs for ``texts``: the blocks and masks a cache gather would return for them."""
+def text_inputs(model: DiPairModel, texts: Sequence[str], *, batch_size: int = 32
+                ) -> tuple[torch.Tensor, torch.Tensor, list[TermWeights] | None]:
+    """Head inputs for ``texts`` — the blocks and masks a cache gather would return for them — and their lexical
+    terms (None for a model without a lexical channel)."""
     encoded = encode_documents(model, texts, batch_size=batch_size)
     if encoded.truncated:
         _report_truncation(encoded.truncated, len(texts), model.config.doc_max_length)
-    return model.document_blocks(encoded.vectors, encoded.lengths)
+    return (*model.document_blocks(encoded.vectors, encoded.lengths), encoded.lexical)
+
+
+def text_blocks(model: DiPairModel, texts: Sequence[str], *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks and masks of ``text_inputs``."""
+    return text_inputs(model, texts, batch_size=batch_size)[:2]
+
+
+def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence[TermWeights]) -> np.ndarray:
+    """Lexical dot products [sum(counts)] of texts' terms with their queries (texts grouped by query, in order)."""
+    offsets, ids, weights = stored_terms(terms)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return sparse_dots(queries, owner, (offsets[:-1], offsets[1:]), ids, weights)
 
 
 def rank_texts(texts: Sequence[str], scores: Sequence[float], k: int | None = None) -> list[RankedText]:

@@ -43,7 +43,8 @@ def main() -> None:
     reranker.warm_up()
     head = reranker._onnx_head
     encoded = reranker.encode_queries([query for query, _ in pairs])
-    blocks = reranker._gather([docid for _, docids in pairs for docid in docids], len(pairs))
+    blocks = reranker._gather([docid for _, docids in pairs for docid in docids], encoded,
+                              [len(docids) for _, docids in pairs])[:2]
     query_index = torch.arange(len(pairs)).repeat_interleave(torch.tensor([len(docids) for _, docids in pairs]))
     inputs = (encoded.vectors, encoded.mask, *blocks, query_index)
     pool = head._pool

@@ -1,21 +1,23 @@
-"""The effectiveness table of issue 10, in one command: SciFact test and TREC DL19, BM25 top-100 re-ranked.
+"""The effectiveness table, in one command: SciFact test and TREC DL19, BM25 top-100 re-ranked.
 
     HF_HUB_OFFLINE=1 python eval/effectiveness.py [--out eval/work/effectiveness] [--teacher eval/teacher.json]
 
-Rows: BM25 (the shared run), the all-MiniLM-L6-v2 bi-encoder re-rank, SPLADE-tiny re-rank, the teacher (the
-fusion teacher the default model was distilled from, weights from ``--teacher``; optionally a fine-tuned
-cross-encoder via ``--cross-encoder``), the shipped DiPair default model re-ranking from its prefix cache, and
-DiPair interpolated with the first-stage score (per-query z-scores, weight fitted on TRAINING data only: SciFact
-train for SciFact, DL21 for MS MARCO). Columns: the collection's measures, student/teacher nDCG@10, re-rank
-latency p50 per query (ms; everything after the first stage: query encoding, scoring the 100 candidates from
-cached document representations, sorting), and a paired test of each row against the bi-encoder over queries
-(two-sided t-test and a sign-flip randomisation test, 10,000 draws, on per-query nDCG@10).
+Rows: BM25 (the shared run); the cheap scorers the default model is made of, each alone (all-MiniLM-L6-v2
+bi-encoder, SPLADE-tiny) and fused with no head (per-query z-scores; weights fitted on TRAINING queries only —
+SciFact train, DL21 — and the fixed 0.5 MiniLM + 0.5 SPLADE-tiny); all-mpnet-base-v2 (bf16); the teacher the
+default model was distilled from (the cheap scorers + all-mpnet-base-v2, weights fitted likewise); the shipped
+DiPair default model re-ranking from its index, with the candidates' BM25 scores, and without them (what plain
+texts and a service's docids get). Columns: the collection's measures, student/teacher nDCG@10, re-rank latency
+p50 per query (ms; after the first stage: query encoding, scoring the 100 candidates from stored document
+representations, sorting), index time per passage (ms, 2 threads, batches of 32, over 256 of the collection's
+passages) and bytes stored per document, and paired tests over queries (two-sided t-test and a sign-flip
+randomisation test, 10,000 draws, on per-query nDCG@10) of each row against the bi-encoder and against the fitted
+no-head hybrid.
 
 Reuses: bi-encoder embeddings and SPLADE vectors (``--embeddings``) and the DiPair indexes (``indexes/eff-*``,
-rebuilt only when the default model's fingerprint changes). Needs ``dipair-rerank fetch-teachers`` (SPLADE-tiny)
-and the prepared SciFact-train set of ``eval/train_default.sh`` (its BM25 top-30, for the interpolation fit).
-Reads the shared data from ``$DIPAIR_DATA`` (default ../shared/data). Writes ``OUT/table.md``, ``OUT/table.json``
-and the runs.
+rebuilt only when the default model's fingerprint changes). Needs ``dipair-rerank fetch-teachers`` and
+``eval/teacher.json`` (both from ``eval/train_default.sh``). Reads the shared data from ``$DIPAIR_DATA`` (default
+../shared/data). Writes ``OUT/table.md``, ``OUT/table.json`` and the runs.
 """
 
 from __future__ import annotations
@@ -40,14 +42,11 @@ COLLECTIONS = {
     "TREC DL19": dict(dir="msmarco-dl19", topics="queries.tsv", qrels="qrels.official.txt",
                       measures="nDCG@10 RR(rel=2)@10 R(rel=2)@100", index="indexes/eff-dl19", teacher_key="msmarco"),
 }
-FIT_SETS = {
-    # training data on which the DiPair + first-stage interpolation weight is fitted, per teacher domain
-    "scifact": dict(dir="scifact", topics="queries.train.tsv", qrels="qrels.train.txt", index="indexes/eff-scifact",
-                    candidates="eval/work/train/sets/scifact-train/candidates.trec"),
-    "msmarco": dict(dir="msmarco-v2-dl21", topics="queries.tsv", qrels="qrels.txt", index="indexes/eff-dl21",
-                    candidates="runs/bm25.top100.trec"),
-}
 STUDENT = "DiPair default model (shipped)"
+STUDENT_NO_FIRST_STAGE = "DiPair default model, no first-stage score (texts, service docids)"
+BIENCODER = "all-MiniLM-L6-v2 bi-encoder re-rank"
+HYBRID = "no head: z-fusion of the cheap scorers, weights fitted on training queries"
+SAMPLE = 256  # passages timed for the index-cost column
 
 
 def bm25_top100(spec: dict, data: Path) -> tuple[dict[str, str], dict[str, dict[str, int]], Run]:
@@ -84,32 +83,30 @@ def paired_tests(a: dict[str, float], b: dict[str, float], *, draws: int = 10_00
     return t_p, random_p
 
 
-def _biencoder(topics, cands, texts, cache: Path):
+def _biencoder(topics, cands, texts, cache: Path, model_name: str):
     """Bi-encoder run + per-query re-rank latency (query encoding + 100 dot products + sort)."""
     from dipair_rerank.train.fusion import biencoder_scores, embed, load_biencoder
 
-    run = biencoder_scores(topics, cands, texts, cache_dir=cache)
+    run = biencoder_scores(topics, cands, texts, cache_dir=cache, model=model_name)
     docids = list(dict.fromkeys(d for hits in cands.values() for d, _ in hits))
-    d_vecs = embed([texts[d] for d in docids], cache_dir=cache, progress=False)
+    d_vecs = embed([texts[d] for d in docids], cache_dir=cache, progress=False, model=model_name)
     row = {d: i for i, d in enumerate(docids)}
-    model = load_biencoder()
+    model = load_biencoder(model_name)
     latencies = []
     for qid, hits in cands.items():
         rows = np.asarray([row[d] for d, _ in hits])
         start = time.perf_counter()
-        q = model.encode([topics[qid]], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        scores = d_vecs[rows] @ q[0]
+        q = model.encode([topics[qid]], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+        scores = d_vecs[rows] @ q[0].float().numpy()
         np.argsort(-scores)
         latencies.append((time.perf_counter() - start) * 1000)
-    return run, latencies
+    return run, latencies, d_vecs.shape[1] * 2  # stored in fp16
 
 
-def _splade(topics, cands, texts, cache: Path):
-    """SPLADE-tiny run + per-query re-rank latency (query encoding + 100 sparse dot products + sort)."""
+def _splade(topics, cands, texts, cache: Path, path: str):
+    """SPLADE run + per-query re-rank latency (query encoding + 100 sparse dot products + sort)."""
     from dipair_rerank.train.splade import SpladeEncoder, splade_scores, splade_vectors
-    from dipair_rerank.train.teacher_models import SPLADE_TINY, teacher_path
 
-    path = str(teacher_path(SPLADE_TINY.name))
     run = splade_scores(topics, cands, texts, model=path, cache_dir=cache)
     encoder = SpladeEncoder(path)
     docids = list(dict.fromkeys(d for hits in cands.values() for d, _ in hits))
@@ -123,7 +120,37 @@ def _splade(topics, cands, texts, cache: Path):
         scores = np.asarray(docs[rows][:, terms] @ weights).ravel()
         np.argsort(-scores)
         latencies.append((time.perf_counter() - start) * 1000)
-    return run, latencies
+    return run, latencies, float(np.diff(docs.indptr).mean() * 4 + 8)  # stored as uint16 id + fp16 weight
+
+
+def _index_ms(encode, texts: list[str]) -> float:
+    """ms per passage of ``encode(texts)`` (after one warm-up batch)."""
+    encode(texts[:32])
+    start = time.perf_counter()
+    encode(texts)
+    return (time.perf_counter() - start) * 1000 / len(texts)
+
+
+def index_costs(texts: list[str], scorers: dict[str, str]) -> dict[str, float]:
+    """Index time per passage (ms) of the default DiPair model's document branch (blocks and lexical terms, as the
+    indexer runs it) and of each scorer's document side (``scorers``: kind -> model)."""
+    from dipair_rerank.encoding import encode_documents
+    from dipair_rerank.model import load_model
+    from dipair_rerank.train.fusion import load_biencoder
+    from dipair_rerank.train.splade import SpladeEncoder
+
+    model = load_model(None)
+    costs = {"dipair": _index_ms(lambda batch: encode_documents(model, batch, batch_size=32), texts)}
+    lexical, model.lexical = model.lexical, None  # the blocks alone: what a model without a lexical channel costs
+    costs["dipair blocks"] = _index_ms(lambda batch: encode_documents(model, batch, batch_size=32), texts)
+    model.lexical = lexical
+    for kind, name in scorers.items():
+        if kind == "splade":
+            costs[kind] = _index_ms(SpladeEncoder(name).encode, texts)
+        else:
+            encoder = load_biencoder(name)
+            costs[kind] = _index_ms(lambda batch: encoder.encode(batch, batch_size=32, show_progress_bar=False), texts)
+    return costs
 
 
 def _default_index(index: Path, corpus: Path, threads: int) -> str:
@@ -140,7 +167,8 @@ def _default_index(index: Path, corpus: Path, threads: int) -> str:
 
 
 def _dipair(spec: dict, data: Path, topics, cands, threads: int):
-    """Default-model DiPair run from its index (built if missing or made with another model) + latency."""
+    """Default-model DiPair runs from its index (built if missing or made with another model), with and without
+    the candidates' first-stage scores; the first's latencies; the model's fingerprint; bytes stored per document."""
     from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.search import search_topics
 
@@ -155,29 +183,13 @@ def _dipair(spec: dict, data: Path, topics, cands, threads: int):
     parts = [timer.per_query_ms(s) for s in ("query_encoding", "gather", "head")]
     parts = [p for p in parts if len(p)]
     if parts and all(len(p) == len(parts[0]) for p in parts):
-        return run, list(sum(parts)), fingerprint
-    return run, [float(sum(np.median(p) for p in parts))], fingerprint  # stages timed per batch: medians
-
-
-def fit_interpolation(key: str, data: Path, threads: int) -> tuple[float, float]:
-    """(DiPair weight, first-stage weight) maximising nDCG@10 of their z-score fusion on the domain's training
-    queries (``FIT_SETS``), grid step 0.05."""
-    from dipair_rerank.rerank import DiPairReranker
-    from dipair_rerank.train.fusion import fit_weights
-
-    spec = FIT_SETS[key]
-    folder = data / spec["dir"]
-    topics, qrels = read_topics(folder / spec["topics"]), read_qrels(folder / spec["qrels"])
-    path = Path(spec["candidates"])
-    cands = {q: h[:100] for q, h in read_run(path if path.is_absolute() or path.exists() else folder / path).items()
-             if q in topics}
-    _default_index(Path(spec["index"]), folder / "corpus.jsonl", threads)
-    reranker = DiPairReranker.from_index(spec["index"], threads=threads)
-    student = {q: [(h.docid, h.score) for h in reranker.rerank(topics[q], hits)] for q, hits in cands.items()}
-    weights, value = fit_weights([student, cands], qrels)
-    logger.info("interpolation fitted on %s: DiPair %.2f + first stage %.2f (nDCG@10 %.4f on %d queries)",
-                spec["dir"], weights[0], weights[1], value, len(cands))
-    return weights[0], weights[1]
+        latencies = list(sum(parts))
+    else:
+        latencies = [float(sum(np.median(p) for p in parts))]  # stages timed per batch: medians
+    reranker = searcher.reranker  # the same candidates as docids alone: no first-stage score
+    bare = {q: [(h.docid, h.score) for h in reranker.rerank(topics[q], [d for d, _ in hits])] for q, hits in cands.items()}
+    cache = reranker.cache
+    return run, bare, latencies, fingerprint, cache.bytes_per_doc + cache.meta.get("lexical_bytes_per_doc", 0)
 
 
 def _cross_encoder(path: str, topics, cands, texts, cache: Path, latency_queries: int = 10):
@@ -194,19 +206,25 @@ def _cross_encoder(path: str, topics, cands, texts, cache: Path, latency_queries
     return run, latencies
 
 
+def _cell(value, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def _format(results: dict[str, list[dict]], header: str) -> str:
+    extra = ("row", "rerank_p50_ms", "index_ms", "bytes", "vs_teacher", "p_t", "p_rand", "p_hybrid_t", "p_hybrid_rand")
     lines = [header, ""]
     for name, rows in results.items():
-        measures = [k for k in rows[0] if k not in ("row", "rerank_p50_ms", "vs_teacher", "p_t", "p_rand")]
+        measures = [k for k in rows[0] if k not in extra]
         lines.append(f"**{name}** (BM25 top-100 re-ranked)\n")
-        lines.append("| row | " + " | ".join(measures) + " | student/teacher | re-rank p50 ms/query "
-                     "| vs bi-encoder: p (t-test) | p (randomisation) |")
-        lines.append("|---|" + "---:|" * (len(measures) + 4))
+        lines.append("| row | " + " | ".join(measures) + " | student/teacher | re-rank p50 ms/query | index ms/passage "
+                     "| bytes/doc | vs bi-encoder: p (t-test) | p (randomisation) | vs hybrid: p (t-test) "
+                     "| p (randomisation) |")
+        lines.append("|---|" + "---:|" * (len(measures) + 8))
         for row in rows:
             cells = [f"{row[m]:.4f}" for m in measures]
-            cells.append("—" if row["vs_teacher"] is None else f"{row['vs_teacher']:.3f}")
-            cells.append("—" if row["rerank_p50_ms"] is None else f"{row['rerank_p50_ms']:.1f}")
-            cells += ["—" if row[k] is None else f"{row[k]:.4f}" for k in ("p_t", "p_rand")]
+            cells += [_cell(row["vs_teacher"], 3), _cell(row["rerank_p50_ms"], 1), _cell(row["index_ms"], 1),
+                      _cell(row["bytes"], 0)]
+            cells += [_cell(row[k], 4) for k in ("p_t", "p_rand", "p_hybrid_t", "p_hybrid_rand")]
             lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -226,15 +244,16 @@ def main() -> None:
     import torch
 
     from dipair_rerank.data.corpus import read_corpus
-    from dipair_rerank.train.fusion import fuse, parse_scorers
+    from dipair_rerank.train.fusion import PACKAGED_BIENCODER, format_scorers, fuse, parse_scorers
 
     torch.set_num_threads(args.threads)
     data = shared_data_dir()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_weights = json.loads(Path(args.teacher).read_text())
+    weights = json.loads(Path(args.teacher).read_text())
     cache = Path(args.embeddings)
     results: dict[str, list[dict]] = {}
+    index_notes: list[str] = []
     fingerprint = None
     for name in args.collections:
         spec = COLLECTIONS[name]
@@ -245,50 +264,67 @@ def main() -> None:
         rows: list[dict] = []
         per_query: dict[str, dict[str, float]] = {}
 
-        def add(label: str, run: Run, latencies: list[float] | None, slug: str) -> None:
+        def add(label: str, run: Run, latencies: list[float] | None, slug: str, index_ms: float | None = None,
+                bytes_per_doc: float | None = None) -> None:
             write_run(run, out / f"{spec['dir']}.{slug}.trec", tag=slug, hits=100)
             values, per_query[label] = _measures(qrels, run, spec["measures"])
             p50 = float(np.percentile(latencies, 50)) if latencies else None
-            rows.append({"row": label, **values, "rerank_p50_ms": p50})
+            rows.append({"row": label, **values, "rerank_p50_ms": p50, "index_ms": index_ms, "bytes": bytes_per_doc})
             logger.info("%s | %s | %s | p50 %s", name, label, values, p50)
 
+        teacher = parse_scorers(weights["teacher"][spec["teacher_key"]])
+        hybrid = parse_scorers(weights["hybrid"][spec["teacher_key"]])
+        models = {s.kind if s.model == PACKAGED_BIENCODER or s.kind != "biencoder" else "mpnet": s.model
+                  for s in teacher if s.kind != "first_stage"}
+        sample = sorted(texts.values())[:: max(1, len(texts) // SAMPLE)][:SAMPLE]
+        cost = index_costs(sample, models)
+        runs: dict[str, Run] = {"first_stage": cands}
+        lat: dict[str, list[float]] = {"first_stage": [0.0] * len(cands)}
+        size: dict[str, float] = {"first_stage": 0.0}
         add("BM25 (shared run)", cands, None, "bm25")
-        bi_run, bi_lat = _biencoder(topics, cands, texts, cache)
-        add("all-MiniLM-L6-v2 bi-encoder re-rank", bi_run, bi_lat, "biencoder")
-        sp_run, sp_lat = _splade(topics, cands, texts, cache)
-        add("SPLADE-tiny re-rank", sp_run, sp_lat, "splade")
-        scorers = parse_scorers(teacher_weights[spec["teacher_key"]])
-        by_kind = {"biencoder": bi_run, "first_stage": cands, "splade": sp_run}
-        fused_lat = []
-        for _ in range(3):  # the fusion on top of its scorers' scores: z-scores and a weighted sum
+        for kind, label, slug in (("biencoder", BIENCODER, "biencoder"), ("splade", "SPLADE-tiny re-rank", "splade"),
+                                  ("mpnet", "all-mpnet-base-v2 (bf16) re-rank", "mpnet")):
+            run_fn = _splade if kind == "splade" else _biencoder
+            runs[kind], lat[kind], size[kind] = run_fn(topics, cands, texts, cache, models[kind])
+            add(label, runs[kind], lat[kind], slug, cost[kind], size[kind])
+
+        def fused(scorers, label: str, slug: str) -> None:
+            kinds = ["mpnet" if s.kind == "biencoder" and s.model != PACKAGED_BIENCODER else s.kind for s in scorers]
             begin = time.perf_counter()
-            teacher_run = fuse([by_kind[s.kind] for s in scorers], [s.weight for s in scorers])
-            fused_lat.append((time.perf_counter() - begin) * 1000 / len(cands))
-        # the teacher runs its scorers one after the other: their latencies add up
-        teacher_lat = [b + (s if any(x.kind == "splade" for x in scorers) else 0.0) + float(np.median(fused_lat))
-                       for b, s in zip(bi_lat, sp_lat, strict=True)]
-        teacher_label = f"teacher: fusion {teacher_weights[spec['teacher_key']]}"
-        add(teacher_label, teacher_run, teacher_lat, "teacher")
+            run = fuse([runs[k] for k in kinds], [s.weight for s in scorers])
+            fusion_ms = (time.perf_counter() - begin) * 1000 / len(cands)
+            used = [k for k, s in zip(kinds, scorers) if s.weight > 0]  # scorers run one after another: times add
+            latencies = [fusion_ms + sum(lat[k][i] for k in used) for i in range(len(cands))]
+            add(label, run, latencies, slug, sum(cost.get(k, 0.0) for k in used), sum(size[k] for k in used))
+
+        fused(hybrid, f"{HYBRID} ({format_scorers(hybrid)})", "hybrid")
+        half = parse_scorers(f"biencoder=0.5,{next(s.name for s in hybrid if s.kind == 'splade')}=0.5")
+        fused(half, "no head: 0.5 MiniLM + 0.5 SPLADE-tiny", "hybrid-half")
+        teacher_label = f"teacher: fusion {format_scorers(teacher)}"
+        fused(teacher, teacher_label, "teacher")
         if args.cross_encoder:
             ce_run, ce_lat = _cross_encoder(args.cross_encoder, topics, cands, texts, out / "ce-cache")
             add(f"cross-encoder {args.cross_encoder}", ce_run, ce_lat, "cross-encoder")
-        dp_run, dp_lat, fingerprint = _dipair(spec, data, topics, cands, args.threads)
-        add(STUDENT, dp_run, dp_lat, "dipair")
-        w_student, w_first = fit_interpolation(spec["teacher_key"], data, args.threads)
-        mixed = fuse([{q: dp_run[q][:100] for q in cands}, cands], [w_student, w_first])
-        add(f"DiPair + first-stage score ({w_student:g} / {w_first:g}, fitted on training queries)", mixed,
-            [x + float(np.median(fused_lat)) for x in dp_lat], "dipair-fused")
+        dp_run, dp_bare, dp_lat, fingerprint, dp_bytes = _dipair(spec, data, topics, cands, args.threads)
+        add(STUDENT, dp_run, dp_lat, "dipair", cost["dipair"], dp_bytes)
+        add(STUDENT_NO_FIRST_STAGE, dp_bare, None, "dipair-no-first-stage", cost["dipair"], dp_bytes)
         teacher_ndcg = next(r["nDCG@10"] for r in rows if r["row"] == teacher_label)
-        baseline = per_query["all-MiniLM-L6-v2 bi-encoder re-rank"]
+        hybrid_label = next(r["row"] for r in rows if r["row"].startswith(HYBRID))
         for row in rows:
             row["vs_teacher"] = row["nDCG@10"] / teacher_ndcg if row["row"].startswith("DiPair") else None
-            tested = not row["row"].startswith(("BM25", "all-MiniLM"))
-            row["p_t"], row["p_rand"] = paired_tests(per_query[row["row"]], baseline) if tested else (None, None)
+            tested = not row["row"].startswith(("BM25", BIENCODER))
+            row["p_t"], row["p_rand"] = paired_tests(per_query[row["row"]], per_query[BIENCODER]) if tested else (None, None)
+            tested = row["row"].startswith("DiPair")
+            row["p_hybrid_t"], row["p_hybrid_rand"] = (paired_tests(per_query[row["row"]], per_query[hybrid_label])
+                                                       if tested else (None, None))
         results[name] = rows
+        index_notes.append(f"{name}: DiPair's document branch {cost['dipair']:.1f} ms/passage, of which the blocks "
+                           f"alone (a model without a lexical channel) {cost['dipair blocks']:.1f}")
 
     table = _format(results, f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
                     f"{platform.node()} ({platform.processor() or platform.machine()}, {args.threads} threads), "
-                    f"default model {str(fingerprint)[:12]}: `python eval/effectiveness.py`")
+                    f"default model {str(fingerprint)[:12]}: `python eval/effectiveness.py`. Index cost: "
+                    + "; ".join(index_notes) + ".")
     (out / "table.md").write_text(table + "\n")
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table)

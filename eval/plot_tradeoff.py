@@ -44,11 +44,13 @@ def reorder(cands, scores: dict[str, dict[str, float]], depth: int):
 
 
 def _table_points(table: Path, collection: str, base_ms: float) -> list[Point]:
-    """The bi-encoder and the teacher as single points (re-ranking all 100), from the effectiveness table."""
+    """The bi-encoder, the no-head hybrid and the teacher as single points (re-ranking all 100), from the
+    effectiveness table."""
     if not table.is_file():
         return []
     rows = json.loads(table.read_text()).get(collection, [])
-    wanted = {"all-MiniLM-L6-v2": "bi-encoder (MiniLM)", "teacher": "teacher (fusion)"}
+    wanted = {"all-MiniLM-L6-v2": "bi-encoder (MiniLM)", "teacher": "teacher (fusion)",
+              "no head: z-fusion": "no-head hybrid (fitted)"}
     return [Point(label, "@100", base_ms + row["rerank_p50_ms"], row["nDCG@10"])
             for row in rows for prefix, label in wanted.items()
             if row["row"].startswith(prefix) and row["rerank_p50_ms"] is not None]

@@ -80,6 +80,22 @@ def tiny_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_splade(tmp_path_factory) -> Path:
+    """A random 2-layer BERT MLM over the packaged MiniLM vocabulary, saved as a model folder (a SPLADE stand-in)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from dipair_rerank.model.config import DEFAULT_ENCODER, resolve_encoder_path
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("splade") / "tiny"
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_encoder_path(DEFAULT_ENCODER)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_index(tiny_model, tiny_model_dir, tiny_files, tmp_path_factory) -> Path:
     """A complete index (Lucene + FAISS + cache in 3 shards) of the tiny corpus with the tiny model."""
     from dipair_rerank.indexer import IndexOptions, build_index

@@ -14,8 +14,9 @@ import numpy as np
 
 from dipair_rerank.cache.codecs import bytes_per_row, load_codec
 from dipair_rerank.cache.docids import DocidLookup
-from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION
+from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION, LEXICAL_KINDS, shard_kinds
 from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.lexical import LexicalQueries, sparse_dots
 
 
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
@@ -68,14 +69,16 @@ class PrefixCache:
         self.slots: int = self.meta["slots"]
         self.dim: int = self.meta["dim"]
         self.shard_rows: int = self.meta["shard_rows"]
-        self.vectors: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
+        self.has_lexical: bool = bool(self.meta.get("lexical"))
+        stores: dict[str, list[np.ndarray]] = {kind: [] for kind in ("vectors", "lengths", *LEXICAL_KINDS)}
         for shard in self.meta["shards"]:
-            for kind, store in (("vectors", self.vectors), ("lengths", self.lengths)):
+            for kind in shard_kinds(shard):
                 path = self.folder / f"{shard['stem']}.{kind}.npy"
                 if not path.is_file() or path.stat().st_size != shard[f"{kind}_bytes"]:
                     raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
-                store.append(_random_access(_load_plain(path)))
+                stores[kind].append(_random_access(_load_plain(path)))
+        self.vectors, self.lengths = stores["vectors"], stores["lengths"]
+        self._lexical = [stores[kind] for kind in LEXICAL_KINDS]  # per shard: offsets, terms, weights
         try:
             self.docids = DocidLookup(self.folder)
         except ValueError as exc:
@@ -102,7 +105,8 @@ class PrefixCache:
         warm-up; one-off runs keep opening in constant time and read only the rows they touch. Nothing is done for
         a cache over ``max_bytes`` (default: a quarter of physical memory) or where the kernel cannot (before Linux
         5.14). Returns whether the cache was mapped in."""
-        arrays = [*self.vectors, *self.lengths, self.docids.sorted, self.docids.rows]
+        arrays = [*self.vectors, *self.lengths, *(a for store in self._lexical for a in store), self.docids.sorted,
+                  self.docids.rows]
         if max_bytes is None:
             max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 if hasattr(os, "sysconf") else 0
         if sys.platform != "linux" or sum(array.nbytes for array in arrays) > max_bytes:
@@ -145,13 +149,33 @@ class PrefixCache:
                 lengths[where] = self.lengths[shard][local]
         return self.codec.decode(codes), lengths
 
+    def lexical_dots(self, rows: np.ndarray, owner: np.ndarray, queries: LexicalQueries) -> np.ndarray:
+        """Dot products [k] of the stored lexical terms of ``rows`` with their queries (``owner`` [k]: each row's
+        query)."""
+        offsets, terms, weights = self._lexical
+        if len(offsets) == 1:
+            return sparse_dots(queries, owner, (offsets[0][rows], offsets[0][rows + 1]), terms[0], weights[0])
+        out = np.empty(len(rows), np.float32)
+        shard_of = rows // self.shard_rows
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            local = rows[where] - shard * self.shard_rows
+            bounds = (offsets[shard][local], offsets[shard][local + 1])
+            out[where] = sparse_dots(queries, owner[where], bounds, terms[shard], weights[shard])
+        return out
+
+    def lexical_rows(self, shard: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One shard's stored (term ids, weights) per row, in row order (to re-store them)."""
+        offsets, terms, weights = (store[shard] for store in self._lexical)
+        return [(terms[a:b], weights[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+
     def verify(self) -> list[str]:
         """Problems found by re-hashing every shard file (empty list = intact)."""
         from dipair_rerank.cache.writer import file_sha256
 
         problems = []
         for shard in self.meta["shards"]:
-            for kind in ("vectors", "lengths"):
+            for kind in shard_kinds(shard):
                 path = self.folder / f"{shard['stem']}.{kind}.npy"
                 if not path.is_file():
                     problems.append(f"{path}: missing")

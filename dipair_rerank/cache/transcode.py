@@ -25,7 +25,8 @@ def transcode(source: str | Path, target: str | Path, codec: str, codec_params: 
                          model_config=cache.meta.get("model_config", {}), slots=cache.slots, dim=cache.dim,
                          shard_rows=cache.shard_rows, codec_name=codec, codec_params=codec_params or {})
     for index, (vectors, lengths) in enumerate(zip(cache.vectors, cache.lengths)):
-        writer.write_shard(index, cache.codec.decode(np.asarray(vectors)).astype(np.float16), np.asarray(lengths))
+        writer.write_shard(index, cache.codec.decode(np.asarray(vectors)).astype(np.float16), np.asarray(lengths),
+                           cache.lexical_rows(index) if cache.has_lexical else None)  # terms carried as they are
     writer.finish(row_docids(cache))
     (Path(target) / "transcoded_from.json").write_text(json.dumps({"source": str(source)}) + "\n")
     return PrefixCache(target)

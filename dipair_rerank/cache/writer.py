@@ -14,9 +14,19 @@ import numpy as np
 
 from dipair_rerank.cache.codecs import CODEC_STATE, Codec, bytes_per_row, load_codec, make_codec, save_codec_state
 from dipair_rerank.cache.docids import ROWS_NAME, SORTED_NAME, write_docid_lookup
+from dipair_rerank.model.lexical import TermWeights, stored_terms
 
 CACHE_CONFIG = "cache.json"
 FORMAT_VERSION = 1
+BLOCK_KINDS = ("vectors", "lengths")
+LEXICAL_KINDS = ("lexical-offsets", "lexical-terms", "lexical-weights")
+"""Per shard, a model with a lexical channel also stores each document's SPLADE terms as CSR arrays (offsets
+int64 [rows + 1], term ids uint16, weights fp16), beside its blocks and checked the same way."""
+
+
+def shard_kinds(shard_meta: dict[str, Any]) -> tuple[str, ...]:
+    """The files a shard has, from its JSON."""
+    return BLOCK_KINDS + (LEXICAL_KINDS if "lexical-terms_bytes" in shard_meta else ())
 
 
 def shard_stem(index: int) -> str:
@@ -94,27 +104,23 @@ class CacheWriter:
         meta = json.loads(meta_path.read_text())
         return meta.get("rows") == rows and meta.get("model_fingerprint") == self.model_fingerprint
 
-    def write_shard(self, index: int, vectors: np.ndarray, lengths: np.ndarray) -> None:
+    def write_shard(self, index: int, vectors: np.ndarray, lengths: np.ndarray,
+                    lexical: list[TermWeights] | None = None) -> None:
         if vectors.shape[1:] != (self.slots, self.dim):
             raise ValueError(f"shard block shape {vectors.shape[1:]} != {(self.slots, self.dim)}")
         if not self.codec_trained:
             self.train_codec(vectors)
         stem = shard_stem(index)
-        vectors_path = self.folder / f"{stem}.vectors.npy"
-        lengths_path = self.folder / f"{stem}.lengths.npy"
-        _save_atomic(vectors_path, np.ascontiguousarray(self.codec.encode(vectors)))
-        _save_atomic(lengths_path, np.ascontiguousarray(lengths, dtype=np.uint16))
-        write_json_atomic(
-            self.folder / f"{stem}.json",
-            {
-                "rows": int(len(vectors)),
-                "model_fingerprint": self.model_fingerprint,
-                "vectors_sha256": file_sha256(vectors_path),
-                "lengths_sha256": file_sha256(lengths_path),
-                "vectors_bytes": vectors_path.stat().st_size,
-                "lengths_bytes": lengths_path.stat().st_size,
-            },
-        )
+        arrays = {"vectors": self.codec.encode(vectors), "lengths": np.asarray(lengths, dtype=np.uint16)}
+        if lexical is not None:
+            arrays.update(zip(LEXICAL_KINDS, stored_terms(lexical)))
+        meta: dict[str, Any] = {"rows": int(len(vectors)), "model_fingerprint": self.model_fingerprint}
+        for kind, array in arrays.items():
+            path = self.folder / f"{stem}.{kind}.npy"
+            _save_atomic(path, np.ascontiguousarray(array))
+            meta[f"{kind}_sha256"] = file_sha256(path)
+            meta[f"{kind}_bytes"] = path.stat().st_size
+        write_json_atomic(self.folder / f"{stem}.json", meta)
 
     def finish(self, docids: list[str]) -> None:
         """Write the docid lookup and ``cache.json`` (the cache is complete only once this exists)."""
@@ -125,6 +131,7 @@ class CacheWriter:
             shards.append({"stem": shard_stem(index), **meta})
         if sum(shard["rows"] for shard in shards) != len(docids):
             raise RuntimeError("cache shards do not cover the corpus")
+        lexical_bytes = sum(sum(shard.get(f"{kind}_bytes", 0) for kind in LEXICAL_KINDS) for shard in shards)
         write_docid_lookup(self.folder, docids)
         side_files = [name for name in (SORTED_NAME, ROWS_NAME, CODEC_STATE) if (self.folder / name).is_file()]
         write_json_atomic(
@@ -138,6 +145,8 @@ class CacheWriter:
                 "codec_params": self.codec.params(),
                 "row_shape": list(self.codec.row_shape),
                 "bytes_per_doc": bytes_per_row(self.codec) + 2,  # + the uint16 prefix length
+                "lexical": "lexical-terms_bytes" in shards[0] if shards else False,
+                "lexical_bytes_per_doc": round(lexical_bytes / max(1, len(docids)), 1),
                 "num_docs": len(docids),
                 "slots": self.slots,
                 "dim": self.dim,

@@ -49,6 +49,11 @@ class DiPairConfig:
         proj_dim: d_p, width after projection (and of the head).
         head_layers / head_heads / head_ffn: the transformer head reading [query; doc].
         query_max_length / doc_max_length: tokens the encoders read (the kept prefix summarises them).
+        channels: cheap scores added to the head's output with trained weights (``channels.py``): any of
+            "first_stage" (the candidates' own score), "lexical" (SPLADE vectors: documents' stored in the index,
+            queries' encoded at query time) and "cosine" (the pooled vectors' cosine), each z-scored per query.
+        lexical_model: the SPLADE (BERT MLM) model of the lexical channel: a folder inside the saved model (how
+            a model ships it), a path or an HF id.
         seed: initialises the projections and head, so a fresh model's fingerprint is reproducible.
     """
 
@@ -70,6 +75,8 @@ class DiPairConfig:
     dropout: float = 0.1
     query_max_length: int = 32
     doc_max_length: int = 256
+    channels: list[str] = field(default_factory=list)
+    lexical_model: str | None = None
     seed: int = 0
 
     @property

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.channels import COSINE, FIRST_STAGE, LEXICAL, channel_inputs, check_channels
 from dipair_rerank.model.config import DEFAULT_ENCODER, DiPairConfig, resolve_encoder_path
+from dipair_rerank.model.lexical import LexicalQueries, SpladeEncoder
 
 if TYPE_CHECKING:
     from dipair_rerank.texts import RankedText
@@ -35,7 +37,9 @@ ENCODER_PREFIX = "encoders."
 DOC_LAYER_PREFIX = "doc_top_layer."
 
 
-_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers")
+_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers", "channels", "lexical_model")
+"""Config fields left out of the fingerprint while off, so models saved before they existed keep their prints."""
+LEXICAL_DIR = "lexical"
 
 
 class Prefix(NamedTuple):
@@ -44,6 +48,7 @@ class Prefix(NamedTuple):
     vectors: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor  # [B, hidden] L2-normalised mean of all encoder outputs (the bi-encoder embedding)
+    lexical: LexicalQueries | None = None  # the lexical channel's queries (models with that channel)
 
 
 def _fp16_round(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +121,7 @@ class DiPairModel(nn.Module):
         tokenizer_path: where the tokenizer lives (default: the encoder's, or the packaged MiniLM's for
             encoders built from a config).
         stored_encoders: folder holding ``encoder_<i>/config.json`` to build the towers from (checkpoints).
+        model_dir: the saved model's folder, where a relative ``lexical_model`` lives.
     """
 
     def __init__(
@@ -125,8 +131,14 @@ class DiPairModel(nn.Module):
         pretrained_encoder: bool = True,
         tokenizer_path: str | None = None,
         stored_encoders: Path | None = None,
+        model_dir: Path | None = None,
     ):
         super().__init__()
+        check_channels(config.channels)
+        if LEXICAL in config.channels and not config.lexical_model:
+            raise DiPairError("the lexical channel needs lexical_model (a SPLADE model folder or HF id)")
+        if COSINE in config.channels and not config.full_width_residual:
+            raise DiPairError("the cosine channel reads the full-width pooled vectors: set full_width_residual")
         self.config = config
         if tokenizer_path is None:
             tokenizer_path = resolve_encoder_path(
@@ -176,8 +188,16 @@ class DiPairModel(nn.Module):
             nn.init.zeros_(self.score_out.weight)
             nn.init.zeros_(self.score_out.bias)
             self.similarity_scale = nn.Parameter(torch.tensor(1.0))
+            self.channel_weights = nn.Parameter(torch.zeros(len(config.channels))) if config.channels else None
         finally:
             torch.random.set_rng_state(generator_state)
+        self.lexical: SpladeEncoder | None = None  # not a submodule: its weights are not the head's to train
+        if LEXICAL in config.channels:
+            lexical = Path(config.lexical_model)
+            if model_dir is not None and not lexical.is_absolute() and (model_dir / lexical).is_dir():
+                lexical = model_dir / lexical
+            self.lexical = SpladeEncoder(lexical if lexical.exists() else config.lexical_model,
+                                         max_length=config.doc_max_length)
         self._fingerprint: str | None = None
         self.eval()
 
@@ -324,6 +344,37 @@ class DiPairModel(nn.Module):
             scores = scores + self.similarity_scale * F.cosine_similarity(q_pooled, d_pooled, dim=-1)
         return scores
 
+    def channel_scores(self, z: torch.Tensor) -> torch.Tensor:
+        """What the channels add to the head's scores: ``z`` [..., channels] per-query z-scores (0 where a
+        channel is missing) weighted by the trained ``channel_weights``."""
+        if self.channel_weights is None:
+            return z.new_zeros(z.shape[:-1])
+        return (z * self.channel_weights.to(z.dtype)).sum(-1)
+
+    def pooled_cosines(self, q_pooled: torch.Tensor, owner: torch.Tensor, d_vectors: torch.Tensor) -> np.ndarray:
+        """Cosines [k] of the queries' full-width pooled vectors [Q, hidden] with the pooled vectors riding in
+        document blocks [k, slots, d_p] (``owner``: each block's query): the cosine channel's raw values."""
+        d_pooled = d_vectors[:, self.config.doc_slots:].flatten(1)[:, : self.hidden_size].float()
+        return (d_pooled * q_pooled.float()[owner]).sum(-1).numpy()
+
+    def channel_z(self, counts: Sequence[int], queries: Prefix, d_vectors: torch.Tensor, *,
+                  first_stage: np.ndarray | None = None, lexical: np.ndarray | None = None) -> torch.Tensor | None:
+        """The channels' per-query z-scores [k, channels] for k candidates grouped by query (``counts``): the
+        first-stage scores and lexical dot products as given (None: missing), the cosine from the blocks."""
+        channels = self.config.channels
+        if not channels:
+            return None
+        cosine = None
+        if COSINE in channels:
+            owner = torch.arange(len(counts)).repeat_interleave(torch.tensor(list(counts)))
+            cosine = self.pooled_cosines(queries.pooled, owner, d_vectors)
+        values = {FIRST_STAGE: first_stage, LEXICAL: lexical, COSINE: cosine}
+        return torch.from_numpy(channel_inputs(channels, counts, values))
+
+    def encode_query_lexical(self, queries: Sequence[str]) -> LexicalQueries | None:
+        """The lexical channel's queries, or None without that channel."""
+        return None if self.lexical is None else self.lexical.query_states(queries)
+
     def _head_first_token(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """The head's output at position 0, computing only what position 0 needs in the last layer.
 
@@ -410,12 +461,17 @@ class DiPairModel(nn.Module):
              ) -> list[RankedText]:
         """Rank plain ``texts`` for ``query`` without an index, best first: the document branch runs here, in
         length-sorted batches, exactly as the indexer runs it (so scores equal an fp16 cache's)."""
-        from dipair_rerank.texts import check_texts, rank_texts, text_blocks
+        from dipair_rerank.texts import check_texts, lexical_dots, rank_texts, text_inputs
 
         texts = check_texts(texts)
         with torch.inference_mode():
             q = self.encode_queries(self.tokenize([query], max_length=self.config.query_max_length))
-            scores = self.score_prefixes(q.vectors, q.mask, *text_blocks(self, texts, batch_size=batch_size))
+            d_vectors, d_mask, terms = text_inputs(self, texts, batch_size=batch_size)
+            scores = self.score_prefixes(q.vectors, q.mask, d_vectors, d_mask)
+            lexical = None if terms is None else lexical_dots(self.encode_query_lexical([query]), [len(texts)], terms)
+            z = self.channel_z([len(texts)], q, d_vectors, lexical=lexical)
+            if z is not None:
+                scores = scores + self.channel_scores(z)
         return rank_texts(texts, scores.tolist(), k)
 
     # ----- identity and storage -------------------------------------------------------------------------------
@@ -423,11 +479,15 @@ class DiPairModel(nn.Module):
         """sha256 of the config and every weight: the cache records it and refuses other models."""
         if self._fingerprint is None:
             # fields that came later are left out while off, so older models (and their caches) keep their prints
-            values = {k: v for k, v in self.config.to_dict().items() if k not in _LATER_FIELDS or v}
+            # the lexical model enters by its weights' identity (below), not by where it was read from
+            values = {k: v for k, v in self.config.to_dict().items()
+                      if (k not in _LATER_FIELDS or v) and k != "lexical_model"}
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+            if self.lexical is not None:  # the documents' stored terms are its output
+                digest.update(self.lexical.identity.encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -473,6 +533,11 @@ class DiPairModel(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        if self.lexical is not None:  # stored inside the model, in fp16; reloaded so saved = in memory
+            self.lexical.save_pretrained(path / LEXICAL_DIR)
+            self.lexical = SpladeEncoder(path / LEXICAL_DIR, max_length=self.lexical.max_length)
+            self.config.lexical_model = LEXICAL_DIR
+            self._fingerprint = None
         self.config.save(path / CONFIG_NAME)
         self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
         if save_encoder:
@@ -521,6 +586,7 @@ class DiPairModel(nn.Module):
             pretrained_encoder=not has_encoder,
             tokenizer_path=str(tokenizer) if tokenizer.is_dir() else None,
             stored_encoders=path if has_encoder else None,
+            model_dir=path,
         )
         state = load_file(str(path / WEIGHTS_NAME))  # fp16 tuned layers are cast by load_state_dict
         missing, unexpected = model.load_state_dict(state, strict=False)

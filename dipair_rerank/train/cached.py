@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model.modeling import DiPairModel, _masked_mean, top_layer_at_prefix
 from dipair_rerank.train.distill import Example
-from dipair_rerank.train.features import FeatureStore, project_features
+from dipair_rerank.model.channels import FIRST_STAGE
+from dipair_rerank.train.features import FeatureStore, encoder_identity, project_features
 from dipair_rerank.train.losses import LOSSES, combined_loss
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class CachedStage1Config:
             cosine spans ~0.3 between candidates while the teacher's z-scores span ~4; left at 1, the fastest
             way to sharpen the student's distribution is to grow the head's output, i.e. noise, and
             validation quality falls in the first epoch (measured: SciFact-train val 0.77 -> 0.61).
+        drop_first_stage: share of training queries per step whose first-stage channel is left out (set to 0),
+            so that candidates without a first-stage score (plain texts, a service's docids) are a trained input.
         seed: query order, sampling, validation split.
         device / progress: torch device; progress bars.
     """
@@ -82,6 +85,7 @@ class CachedStage1Config:
     max_grad_norm: float | None = 1.0
     bf16: bool = False
     calibrate_scale: bool = True
+    drop_first_stage: float = 0.25
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -119,7 +123,7 @@ class _Packed:
     """Examples as padded arrays: feature rows of query and candidates, teacher scores, grades, mask."""
 
     def __init__(self, examples: Sequence[Example], q_rows: np.ndarray, d_rows: Sequence[np.ndarray],
-                 groups: Sequence[str] | None = None):
+                 groups: Sequence[str] | None = None, channels: Sequence[np.ndarray] | None = None):
         self.groups = np.asarray(groups if groups is not None else [""] * len(examples))
         width = max(len(e.docids) for e in examples)
         count = len(examples)
@@ -128,7 +132,10 @@ class _Packed:
         self.teacher = np.zeros((count, width), np.float32)
         self.relevance = np.zeros((count, width), np.float32)
         self.mask = np.zeros((count, width), bool)
+        self.channels = np.zeros((count, width, channels[0].shape[1] if channels else 0), np.float32)
         for i, (example, rows) in enumerate(zip(examples, d_rows, strict=True)):
+            if channels:
+                self.channels[i, : len(example.docids)] = channels[i]
             k = len(example.docids)
             self.d_rows[i, :k] = rows
             self.teacher[i, :k] = example.teacher
@@ -142,11 +149,14 @@ class _Packed:
 
 
 def pack(examples: Sequence[Example], queries: FeatureStore, docs: FeatureStore,
-         doc_text: Mapping[str, str], group: Mapping[str, str] | None = None) -> _Packed:
-    """Feature rows for every query and candidate of ``examples`` (``group``: qid -> training set)."""
+         doc_text: Mapping[str, str], group: Mapping[str, str] | None = None,
+         channels: Mapping[str, np.ndarray] | None = None) -> _Packed:
+    """Feature rows for every query and candidate of ``examples`` (``group``: qid -> training set; ``channels``:
+    qid -> the candidates' channel z-scores [k, channels], in the example's order)."""
     q_rows = queries.rows([e.query for e in examples])
     d_rows = [docs.rows([doc_text[d] for d in e.docids]) for e in examples]
-    return _Packed(examples, q_rows, d_rows, [(group or {}).get(e.qid, "") for e in examples])
+    return _Packed(examples, q_rows, d_rows, [(group or {}).get(e.qid, "") for e in examples],
+                   [channels[e.qid] for e in examples] if channels else None)
 
 
 def _macro(values: np.ndarray, packed: _Packed, rows: np.ndarray) -> float:
@@ -156,18 +166,19 @@ def _macro(values: np.ndarray, packed: _Packed, rows: np.ndarray) -> float:
 
 
 def _sample(packed: _Packed, index: np.ndarray, size: int | None, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(doc rows, teacher, relevance, mask) of the chosen queries, ``size`` candidates each (teacher's best kept)."""
-    rows, teacher, rel, mask = (packed.d_rows[index], packed.teacher[index], packed.relevance[index],
-                                packed.mask[index])
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(doc rows, teacher, relevance, mask, channels) of the chosen queries, ``size`` candidates each (teacher's
+    best kept)."""
+    rows, teacher, rel, mask, channels = (packed.d_rows[index], packed.teacher[index], packed.relevance[index],
+                                          packed.mask[index], packed.channels[index])
     if size is None or size >= rows.shape[1]:
-        return rows, teacher, rel, mask
+        return rows, teacher, rel, mask, channels
     keys = rng.random(rows.shape) + np.where(mask, 0.0, 10.0)  # padding last
     best = np.argmax(np.where(mask, teacher, -np.inf), axis=1)
     keys[np.arange(len(index)), best] = -1.0  # the teacher's top candidate always in
     pick = np.argsort(keys, axis=1)[:, :size]
     take = lambda a: np.take_along_axis(a, pick, axis=1)  # noqa: E731
-    return take(rows), take(teacher), take(rel), take(mask)
+    return take(rows), take(teacher), take(rel), take(mask), np.take_along_axis(channels, pick[..., None], axis=1)
 
 
 def run_top_layers(encoder: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
@@ -186,7 +197,7 @@ def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray,
     prefix = torch.from_numpy(queries.prefix[q_rows]).to(device)
     mask = torch.from_numpy(queries.mask[q_rows]).to(device)
     layer = queries.meta.get("layer")
-    if layer is None:
+    if layer is None:  # outputs of the (frozen) query tower
         pooled = torch.from_numpy(queries.pooled[q_rows]).to(device)
         return project_features(model, "query", prefix, mask, pooled, model.config.query_prefix)
     if model.config.query_skipped_layers:  # the stored layer inputs are the full tower's
@@ -219,10 +230,11 @@ def doc_vectors(model: DiPairModel, docs: FeatureStore, d_rows: np.ndarray, devi
     return project_features(model, "doc", prefix, mask, pooled, keep)
 
 
-def query_feature_layer(model: DiPairModel) -> int | None:
-    """Which hidden states the query features must hold: None (outputs) or the first tuned layer's input."""
+def query_feature_layer(model: DiPairModel, *, tune_query_layers: bool = True) -> int | None:
+    """Which hidden states the query features must hold: None (outputs of the query tower as it is) or the first
+    tuned layer's input (when those layers train)."""
     tuned = model.config.query_tuned_layers
-    return len(model.query_encoder.encoder.layer) - tuned if tuned > 0 else None
+    return len(model.query_encoder.encoder.layer) - tuned if tuned > 0 and tune_query_layers else None
 
 
 def doc_feature_layer(model: DiPairModel) -> int | None:
@@ -231,13 +243,17 @@ def doc_feature_layer(model: DiPairModel) -> int | None:
 
 
 def cached_scores(model: DiPairModel, queries: FeatureStore, docs: FeatureStore, q_rows: np.ndarray,
-                  d_rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Student scores [Q, K] for queries ``q_rows`` [Q] against candidates ``d_rows`` [Q, K] (feature rows)."""
+                  d_rows: np.ndarray, device: torch.device, channels: np.ndarray | None = None) -> torch.Tensor:
+    """Student scores [Q, K] for queries ``q_rows`` [Q] against candidates ``d_rows`` [Q, K] (feature rows), plus
+    the model's channels from their z-scores ``channels`` [Q, K, C]."""
     count, width = d_rows.shape
     q_vec, q_mask = query_vectors(model, queries, q_rows, device)
     d_vec, d_mask = doc_vectors(model, docs, d_rows.reshape(-1), device)
     owner = torch.arange(count, device=device).repeat_interleave(width)
-    return model.score_prefixes(q_vec, q_mask, d_vec, d_mask, owner).float().view(count, width)
+    scores = model.score_prefixes(q_vec, q_mask, d_vec, d_mask, owner).float().view(count, width)
+    if channels is not None and channels.shape[-1]:
+        scores = scores + model.channel_scores(torch.from_numpy(channels).to(device))
+    return scores
 
 
 def _ndcg10_rows(scores: np.ndarray, relevance: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -263,7 +279,8 @@ def validate(model: DiPairModel, packed: _Packed, queries: FeatureStore, docs: F
     for start in range(0, len(packed), batch):
         idx = np.arange(start, min(start + batch, len(packed)))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = cached_scores(model, queries, docs, packed.q_rows[idx], packed.d_rows[idx], device)
+            out = cached_scores(model, queries, docs, packed.q_rows[idx], packed.d_rows[idx], device,
+                                packed.channels[idx])
         scores[idx] = out.float().cpu().numpy()
     model.train(was_training)
     teacher_rank = np.argsort(np.argsort(-np.where(packed.mask, packed.teacher, -np.inf), axis=1), axis=1)
@@ -325,6 +342,7 @@ def train_stage1_cached(
     config: CachedStage1Config,
     output: str | Path | None = None,
     group: Mapping[str, str] | None = None,
+    channels: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Train projections + head of ``model`` on cached features; leaves the best epoch's weights in ``model``.
 
@@ -334,9 +352,13 @@ def train_stage1_cached(
     if queries.keep < model.config.query_prefix or docs.keep < model.config.doc_prefix:
         raise DiPairError(f"features keep {queries.keep}/{docs.keep} vectors; the model needs "
                           f"{model.config.query_prefix}/{model.config.doc_prefix}")
-    if queries.meta.get("layer") != query_feature_layer(model):
+    tune_query = config.encoder_lr > 0
+    needed = query_feature_layer(model, tune_query_layers=tune_query)
+    if queries.meta.get("layer") != needed:
         raise DiPairError(f"query features hold layer {queries.meta.get('layer')} states; this model needs "
-                          f"{query_feature_layer(model)} (query_tuned_layers={model.config.query_tuned_layers})")
+                          f"{needed} (query_tuned_layers={model.config.query_tuned_layers})")
+    if needed is None and queries.meta.get("encoder") != encoder_identity(model, "query"):
+        raise DiPairError(f"{queries.folder} holds another query tower's outputs; extract this model's")
     if docs.meta.get("layer") != doc_feature_layer(model):
         raise DiPairError(f"document features hold layer {docs.meta.get('layer')} states; this model needs "
                           f"{doc_feature_layer(model)} (doc_tuned_layer={model.config.doc_tuned_layer})")
@@ -344,7 +366,7 @@ def train_stage1_cached(
     model.to(device)
     for param in model.parameters():
         param.requires_grad_(False)
-    tuned = model.tuned_encoder_parameters()
+    tuned = model.tuned_encoder_parameters() if tune_query else []  # encoder_lr 0: the query tower stays
     for param in tuned:
         param.requires_grad_(True)
     head = model.head_parameters()
@@ -356,8 +378,11 @@ def train_stage1_cached(
     if tuned:
         groups.append({"params": tuned, "weight_decay": config.weight_decay, "base": config.encoder_lr})
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    train_packed = pack(train, queries, docs, doc_text, group)
-    val_packed = pack(val, queries, docs, doc_text, group) if val else None
+    if model.config.channels and not channels:
+        raise DiPairError(f"the model has channels {model.config.channels}: give their values per query")
+    train_packed = pack(train, queries, docs, doc_text, group, channels)
+    val_packed = pack(val, queries, docs, doc_text, group, channels) if val else None
+    first_stage = model.config.channels.index(FIRST_STAGE) if FIRST_STAGE in model.config.channels else None
     steps_per_epoch = math.ceil(len(train_packed) / config.queries_per_step)
     total_steps = max(1, steps_per_epoch * config.epochs)
 
@@ -408,11 +433,14 @@ def train_stage1_cached(
         with bar:
             for begin in range(0, len(order), config.queries_per_step):
                 idx = order[begin : begin + config.queries_per_step]
-                rows, teacher, rel, mask = _sample(train_packed, idx, config.sample_candidates, rng)
+                rows, teacher, rel, mask, z = _sample(train_packed, idx, config.sample_candidates, rng)
+                if first_stage is not None and config.drop_first_stage > 0:
+                    z = z.copy()
+                    z[rng.random(len(idx)) < config.drop_first_stage, :, first_stage] = 0.0
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = param_group["base"] * lr_factor(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                    scores = cached_scores(model, queries, docs, train_packed.q_rows[idx], rows, device)
+                    scores = cached_scores(model, queries, docs, train_packed.q_rows[idx], rows, device, z)
                 mask_t = torch.from_numpy(mask).to(device)
                 loss = combined_loss(config.loss, scores.float().masked_fill(~mask_t, 0.0),
                                      torch.from_numpy(teacher).to(device), mask_t, temperature=config.temperature,

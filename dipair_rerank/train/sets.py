@@ -152,7 +152,10 @@ def _config_overrides(pairs: Sequence[str] | None) -> dict[str, object]:
             raise DiPairError(f"--set {pair!r}: expected KEY=VALUE with KEY a DiPairConfig field")
         kind = str(types[key])
         try:
-            if "bool" in kind:
+            if "list" in kind:  # comma-separated: --set channels=first_stage,lexical
+                item = int if "int" in kind else str
+                values[key] = [item(v) for v in text.split(",") if v]
+            elif "bool" in kind:
                 values[key] = text.lower() in ("1", "true", "yes", "on")
             elif "int" in kind:
                 values[key] = int(text)
@@ -166,15 +169,25 @@ def _config_overrides(pairs: Sequence[str] | None) -> dict[str, object]:
 
 
 def starting_model(model: str | None, overrides: Sequence[str] | None, fresh: bool):
-    """The student to train: a fresh seeded DiPair (``fresh``, or ``--set`` given) or ``load_model(model)``."""
+    """The student to train: a fresh seeded DiPair (``fresh``, or ``--set`` without ``--model``),
+    ``load_model(model)``, or with ``--model`` and ``--set`` that model's config changed and its weights kept where
+    they still fit (e.g. channels added to the shipped model: the new channel weights start at 0)."""
+    import dataclasses
+
     from dipair_rerank.model import DiPairConfig, DiPairModel, load_model
 
     values = _config_overrides(overrides)
-    if fresh or values:
-        if model is not None and not fresh:
-            raise DiPairError("--set builds a fresh model; add --fresh, or drop --model")
+    if fresh or (values and model is None):
+        if model is not None:
+            raise DiPairError("--fresh starts from a seeded model: drop --model")
         return DiPairModel(DiPairConfig(**values))
-    return load_model(model)
+    loaded = load_model(model)
+    if not values:
+        return loaded
+    changed = DiPairModel(dataclasses.replace(loaded.config, **values))
+    missing, _ = changed.load_state_dict(loaded.state_dict(), strict=False)
+    logger.info("--set on %s: weights kept, new: %s", model, ", ".join(missing) or "none")
+    return changed
 
 
 def load_sets(sets: Sequence[TrainSetSpec], teachers: Sequence[str], *, depth: int, cache_dir: Path,
@@ -210,6 +223,10 @@ def load_sets(sets: Sequence[TrainSetSpec], teachers: Sequence[str], *, depth: i
     return topics, candidates, texts, teacher, qrels, group
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "cache_dir", None) or Path(args.output) / "teacher")
+
+
 def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
     """Score every set with the teacher, merge the sets and distil; returns the final model folder."""
     import torch
@@ -223,12 +240,42 @@ def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
                          queries_per_step=args.queries_per_step, loss=args.loss, device=args.device,
                          seed=args.seed, bf16=args.bf16, label_weight=args.label_weight)
     topics, candidates, texts, teacher, qrels, group = load_sets(
-        sets, _teachers(args.teacher, len(sets)), depth=args.depth, cache_dir=output / "teacher", device=args.device)
+        sets, _teachers(args.teacher, len(sets)), depth=args.depth, cache_dir=_cache_dir(args), device=args.device)
     model = starting_model(args.model, getattr(args, "set", None), getattr(args, "fresh", False))
     if not getattr(args, "cached_stage1", False):
         train_dipair(model, topics, candidates, texts, teacher, config, qrels=qrels or None)
         return output / "model"
     return _run_cached(model, topics, candidates, texts, teacher, qrels, group, config, args)
+
+
+def channel_values(model, examples, topics: dict[str, str], candidates: Run, texts: dict[str, str], queries,
+                   docs, *, cache_dir: Path) -> dict[str, "np.ndarray"] | None:
+    """qid -> the z-scores [k, channels] of its candidates (in the example's order) for a model with channels:
+    the candidates' first-stage scores, lexical dot products (vectors cached in ``cache_dir``), and the cosines of
+    the pooled vectors in the ``queries``/``docs`` feature stores (what the query tower and the cache give)."""
+    import numpy as np
+
+    from dipair_rerank.model.channels import COSINE, FIRST_STAGE, LEXICAL, channel_inputs
+    from dipair_rerank.train.features import normalised_pooled
+
+    channels = model.config.channels
+    if not channels:
+        return None
+    used = {e.qid: candidates[e.qid] for e in examples}
+    runs: dict[str, Run] = {FIRST_STAGE: used}
+    if LEXICAL in channels:
+        from dipair_rerank.train.splade import splade_scores
+
+        runs[LEXICAL] = splade_scores(topics, used, texts, model=model.lexical.path, cache_dir=cache_dir)
+    q_pooled, d_pooled = (normalised_pooled(queries), normalised_pooled(docs)) if COSINE in channels else (0, 0)
+    out = {}
+    for e in examples:
+        values = {name: np.asarray([dict(run[e.qid])[d] for d in e.docids]) for name, run in runs.items()}
+        if COSINE in channels:
+            q_row = queries.rows([e.query])[0]
+            values[COSINE] = d_pooled[docs.rows([texts[d] for d in e.docids])] @ q_pooled[q_row]
+        out[e.qid] = channel_inputs(channels, [len(e.docids)], values)
+    return out
 
 
 def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config, args) -> Path:
@@ -240,7 +287,7 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     from dipair_rerank.train.cached import (CachedStage1Config, doc_feature_layer, query_feature_layer,
                                             split_validation, train_stage1_cached)
     from dipair_rerank.train.distill import _replace_dir, _save_model_dir, _write_json, build_examples
-    from dipair_rerank.train.features import extract_features
+    from dipair_rerank.train.features import encoder_identity, extract_features
 
     output = config.output
     examples = build_examples(topics, candidates, teacher, texts, depth=config.depth, qrels=qrels or None)
@@ -253,8 +300,11 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     features = Path(args.features) if args.features else output / "features"
     mc = model.config
     q_keep, d_keep = max(mc.query_prefix, args.feature_keep[0]), max(mc.doc_prefix, args.feature_keep[1])
-    layer = query_feature_layer(model)  # tuned query layers: store their input, every token
+    tune_query = args.encoder_lr > 0
+    layer = query_feature_layer(model, tune_query_layers=tune_query)  # tuned layers: store their input
     q_name = f"query-L{mc.query_max_length}-k{q_keep}" if layer is None else f"query-L{mc.query_max_length}-in{layer}"
+    if layer is None and mc.query_tuned_layers > 0:  # a trained query tower, frozen: its own outputs
+        q_name += f"-{encoder_identity(model, 'query')}"
     queries = extract_features(model, [e.query for e in examples], features / q_name, side="query",
                                keep=q_keep if layer is None else mc.query_max_length, layer=layer)
     d_layer = doc_feature_layer(model)  # a tuned document top layer: store its input, every token
@@ -267,7 +317,10 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
                                 sample_candidates=args.sample_candidates, loss=args.loss,
                                 label_weight=args.label_weight, val_fraction=fractions if len(fractions) > 1 else fractions[0],
                                 patience=args.patience, bf16=args.bf16, seed=args.seed, device=args.device)
-    summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output, group=group)
+    channels = channel_values(model, examples, topics, candidates, texts, queries, docs,
+                              cache_dir=_cache_dir(args))
+    summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output, group=group,
+                                  channels=channels)
     _write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
     if config.stage2_epochs > 0:
         keep = {e.qid for e in train}

@@ -11,9 +11,7 @@ each query and document is encoded once and every pair's score is reused across 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from functools import cached_property
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, sort_hits
-from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.lexical import SpladeEncoder
 from dipair_rerank.train.fusion import _text_key
 
 logger = logging.getLogger(__name__)
@@ -62,74 +60,6 @@ class SparseCache:
         indices = np.concatenate([self.rows[k][0] for k in keys]) if keys else np.zeros(0, np.int32)
         data = np.concatenate([self.rows[k][1] for k in keys]) if keys else np.zeros(0, np.float32)
         return csr_matrix((data, indices, indptr), shape=(len(keys), self.vocab_size))
-
-
-class SpladeEncoder:
-    """A BERT MLM checkpoint read as SPLADE (``AutoModelForMaskedLM`` + its tokenizer).
-
-    Args:
-        path: model folder or HF id (e.g. the fetched ``splade-tiny``).
-        max_length: tokens read per text.
-        tokens_per_batch: batch budget in tokens: MLM logits are [tokens, vocab] floats (~120 MB per 1000 tokens).
-    """
-
-    def __init__(self, path: str, *, max_length: int = 256, tokens_per_batch: int = 2048, device: str = "cpu"):
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForMaskedLM.from_pretrained(path).to(device).eval()
-        except Exception as exc:  # a bad path or id: one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DiPairError(f"cannot load SPLADE model {path!r}: {first}") from exc
-        self.path = path
-        self.max_length = max_length
-        self.tokens_per_batch = tokens_per_batch
-        self.device = device
-        self.vocab_size = int(self.model.config.vocab_size)
-        predictions = getattr(getattr(self.model, "cls", None), "predictions", None)
-        if predictions is None:
-            raise DiPairError(f"cannot load SPLADE model {path!r}: it needs a BERT-style MLM head (cls.predictions)")
-        self._head_transform = predictions.transform  # dense, activation, layer norm before the vocabulary
-
-    @cached_property
-    def identity(self) -> str:
-        """Hash of the weights and reading options: names the vector cache."""
-        digest = hashlib.sha256(f"{self.max_length}".encode())
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-        return digest.hexdigest()[:12]
-
-    def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(term ids, weights) of each text's non-zero SPLADE terms.
-
-        Only real tokens go through the MLM head (the [tokens, vocab] logits are the whole cost), and since
-        log(1 + relu(.)) is monotonic the max over tokens is taken on the raw logits first.
-        """
-        import torch
-
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-        rows: list[tuple[np.ndarray, np.ndarray]] = [None] * len(texts)  # type: ignore[list-item]
-        with torch.inference_mode():
-            start = 0
-            while start < len(order):
-                batch = max(1, self.tokens_per_batch // len(encoded[order[start]]))
-                chosen = order[start : start + batch]
-                start += batch
-                tokens = self.tokenizer.pad({"input_ids": [encoded[i] for i in chosen]},
-                                            return_tensors="pt").to(self.device)
-                hidden = self.model.base_model(**tokens).last_hidden_state
-                real = tokens["attention_mask"].bool()
-                logits = self.model.get_output_embeddings()(self._head_transform(hidden[real]))
-                lengths = real.sum(1).tolist()
-                maxima = torch.stack([part.amax(0) for part in logits.split(lengths)])
-                vectors = torch.log1p(torch.relu(maxima)).float().cpu().numpy()
-                for index, row in zip(chosen, vectors, strict=True):
-                    nonzero = np.flatnonzero(row)
-                    rows[index] = (nonzero.astype(np.int32), row[nonzero].astype(np.float32))
-        return rows
 
 
 def splade_vectors(encoder: SpladeEncoder, texts: Sequence[str], *, cache_dir: Path | None,

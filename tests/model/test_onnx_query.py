@@ -54,7 +54,7 @@ def test_a_lone_query_encodes_alike_on_one_thread_and_on_two():
     encoder.switch._left = 1  # as after slow calls
     alone = encoder(batch)
     assert encoder.switch.parallel(0.0, 0.0)  # the one call was spent
-    for a, b in zip(parallel, alone):
+    for a, b in zip(parallel[:3], alone[:3]):  # the lexical field is None for a model without that channel
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     assert OnnxQueryEncoder(model, threads=1).switch is None  # nothing to switch between
 

@@ -11,21 +11,6 @@ from dipair_rerank.train.splade import SpladeEncoder, splade_scores
 from tests.conftest import TINY_DOCS, TINY_TOPICS
 
 
-@pytest.fixture(scope="module")
-def tiny_splade(tmp_path_factory) -> Path:
-    """A random 2-layer BERT MLM over the packaged MiniLM vocabulary, saved as a model folder."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from dipair_rerank.model.config import DEFAULT_ENCODER, resolve_encoder_path
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("splade") / "tiny"
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_encoder_path(DEFAULT_ENCODER)).save_pretrained(folder)
-    return folder
-
-
 def _reference_vector(path: Path, text: str) -> np.ndarray:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 

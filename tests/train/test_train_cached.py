@@ -113,3 +113,26 @@ def test_validation_fraction_per_set():
     group = {e.qid: ("0" if e.qid in ("q1", "q2") else "1") for e in examples}
     train, val = split_validation(examples, {"0": 0.0, "1": 1.0}, 0, group)  # set 1 held out whole
     assert {e.qid for e in val} == {"q3", "q4"} and {e.qid for e in train} == {"q1", "q2"}
+
+
+def test_train_command_adds_channels_to_a_model_and_keeps_its_query_tower(tiny_files, tiny_splade, tmp_path):
+    """The default model's recipe in small: --model with --set channels=..., --encoder-lr 0."""
+    cands = tmp_path / "cands.trec"
+    cands.write_text("".join(f"{q} Q0 d{i} {i} {20 - i}.0 bm25\n" for q in TINY_TOPICS for i in range(1, 9)))
+    base = DiPairModel(tiny_config(query_tuned_layers=1, full_width_residual=True))
+    base_dir = base.save_pretrained(tmp_path / "base", save_encoder=False)
+    argv = ["train", "--topics", str(tiny_files["topics"]), "--candidates", str(cands),
+            "--corpus", str(tiny_files["corpus"]), "--qrels", str(tiny_files["qrels"]), "--teacher", f"run:{cands}",
+            "--output", str(tmp_path / "out"), "--model", str(base_dir), "--set", "channels=first_stage,lexical,cosine",
+            "--set", f"lexical_model={tiny_splade}", "--encoder-lr", "0", "--depth", "6", "--stage1-epochs", "2",
+            "--stage1-lr", "0.05", "--stage2-epochs", "0", "--cached-stage1", "--val-fraction", "0.25",
+            "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--patience", "5"]
+    assert main(argv) == 0
+    trained = DiPairModel.from_pretrained(tmp_path / "out" / "model")
+    assert trained.config.channels == ["first_stage", "lexical", "cosine"] and trained.lexical is not None
+    last = torch.load(tmp_path / "out" / "stage1-cached.pt", weights_only=True)["model"]
+    assert last["channel_weights"].abs().sum() > 0  # the channel weights train (from 0; the best epoch may be 0)
+    tuned = trained.tuned_layer_prefixes()
+    base_state, state = DiPairModel.from_pretrained(base_dir).state_dict(), trained.state_dict()
+    assert all(torch.equal(base_state[k], state[k]) for k in base_state if k.startswith(tuned))  # tower kept
+    assert list((tmp_path / "cache").glob("splade-*.npz"))  # lexical vectors cached where asked
