@@ -66,6 +66,7 @@ class CachedStage1Config:
             validation quality falls in the first epoch (measured: SciFact-train val 0.77 -> 0.61).
         drop_first_stage: share of training queries per step whose first-stage channel is left out (set to 0),
             so that candidates without a first-stage score (plain texts, a service's docids) are a trained input.
+        channel_lr_factor: the channel weights' learning rate as a multiple of ``lr``.
         seed: query order, sampling, validation split.
         device / progress: torch device; progress bars.
     """
@@ -86,6 +87,7 @@ class CachedStage1Config:
     bf16: bool = False
     calibrate_scale: bool = True
     drop_first_stage: float = 0.25
+    channel_lr_factor: float = 10.0
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -373,8 +375,12 @@ def train_stage1_cached(
     for param in head:
         param.requires_grad_(True)
     params = head + tuned
+    channel = [p for p in head if p is model.channel_weights]
+    head = [p for p in head if p is not model.channel_weights]
     groups = [{"params": [p for p in head if p.ndim >= 2], "weight_decay": config.weight_decay, "base": config.lr},
               {"params": [p for p in head if p.ndim < 2], "weight_decay": 0.0, "base": config.lr}]
+    if channel:  # a few scalars on unit-scale inputs: at the head's rate they would take epochs to reach their size
+        groups.append({"params": channel, "weight_decay": 0.0, "base": config.lr * config.channel_lr_factor})
     if tuned:
         groups.append({"params": tuned, "weight_decay": config.weight_decay, "base": config.encoder_lr})
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
