@@ -9,7 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run
-from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.timing import StageTimer
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.first_stage import BM25FirstStage, DenseFirstStage, FirstStage, RunFileFirstStage
 from dipair_rerank.index_layout import IndexLayout

@@ -20,7 +20,7 @@ import torch
 from dipair_rerank._memory import HeapGuard
 from dipair_rerank.cache import PrefixCache
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.timing import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
 from dipair_rerank.model.channels import FIRST_STAGE, LEXICAL

@@ -9,9 +9,10 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, write_run
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.evaluate.latency import save_latency
 from dipair_rerank.first_stage import FirstStage
 from dipair_rerank.pipeline import DiPairSearcher, as_run
+from dipair_rerank.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -55,5 +56,5 @@ def save_run(run: Run, path: str | Path, *, timer: StageTimer | None = None, out
     """Write the run atomically and, when a timer is given, its latency sidecar (read by ``eval``)."""
     path = write_run(run, path, output_format=output_format, tag=tag, hits=hits)
     if timer is not None:
-        timer.save(path, **latency_extra)
+        save_latency(timer, path, **latency_extra)
     return path

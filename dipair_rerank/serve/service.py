@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.evaluate.latency import StageTimer
+from dipair_rerank.timing import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.pipeline import DiPairSearcher, open_first_stage
 from dipair_rerank.rerank import DiPairReranker, RankedHit

@@ -1,6 +1,7 @@
 import pytest
 
-from dipair_rerank.evaluate import StageTimer, load_latency
+from dipair_rerank.evaluate.latency import load_latency, save_latency
+from dipair_rerank.timing import StageTimer
 
 
 def test_batches_are_shared_per_query_and_saved(tmp_path):
@@ -12,7 +13,7 @@ def test_batches_are_shared_per_query_and_saved(tmp_path):
     summary = timer.summary()
     assert summary["rerank"]["p50"] == pytest.approx(16.0) and summary["head"]["n"] == 5
     run = tmp_path / "r.trec"
-    timer.save(run, batch_size=4)
+    save_latency(timer, run, batch_size=4)
     assert load_latency(run)["head"]["p50"] == pytest.approx(10.0)
     assert load_latency(tmp_path / "other.trec") is None
 
