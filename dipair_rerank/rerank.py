@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +20,13 @@ import torch
 from dipair_rerank._memory import HeapGuard
 from dipair_rerank.cache import PrefixCache
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.timing import StageTimer
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
 from dipair_rerank.model.channels import FIRST_STAGE, LEXICAL
 from dipair_rerank.model.default import DEFAULT_MODEL
+from dipair_rerank.model.tokens import padded_batch, query_token_ids
 from dipair_rerank.texts import RankedText, check_texts, lexical_dots, rank_texts, text_inputs
+from dipair_rerank.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -80,30 +81,6 @@ def length_groups(lengths: Sequence[int], ratio: float) -> list[list[int]]:
         else:
             groups.append([i])
     return [sorted(groups[0])] if len(groups) == 1 else groups
-
-
-def query_token_ids(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
-    """Queries -> token ids, truncated at ``max_length``, unpadded: for a fast tokenizer straight from a copy of its
-    Rust tokenizer, since the transformers wrapper costs ~0.1 ms a call (2-3% of a query's whole re-rank stage)."""
-    if not getattr(tokenizer, "is_fast", False):
-        return lambda queries: tokenizer(queries, truncation=True, max_length=max_length)["input_ids"]
-    from tokenizers import Tokenizer
-
-    rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the model's own keeps its settings
-    rust.enable_truncation(max_length)
-    rust.no_padding()
-    return lambda queries: [rust.encode(query).ids for query in queries]  # no thread pool for a few queries
-
-
-def padded_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` [len(ids), longest], padded on the right."""
-    width = max(len(row) for row in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for position, row in enumerate(ids):
-        input_ids[position, : len(row)] = row
-        mask[position, : len(row)] = 1
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def hit_docid(hit: Any) -> str:
@@ -204,7 +181,7 @@ class DiPairReranker:
     @classmethod
     def from_index(cls, index_dir: str | Path, *, model: DiPairModel | str | Path | None = None,
                    threads: int | None = None, batch_threads: int | None = None, query_backend: str = "auto",
-                   heap_slack_mb: float | None = None) -> "DiPairReranker":
+                   heap_slack_mb: float | None = None) -> DiPairReranker:
         """The re-ranker for ``index_dir``, with the model recorded in its manifest unless ``model`` is given."""
         layout = IndexLayout(Path(index_dir))
         manifest = layout.manifest()

@@ -18,7 +18,6 @@ from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION, LEXICAL_KIN
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model.lexical import LexicalQueries, sparse_dots
 
-
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
 
 

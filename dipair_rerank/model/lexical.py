@@ -113,7 +113,7 @@ class SpladeEncoder:
         bias = decoder.bias if decoder.bias is not None else self.model.cls.predictions.bias
         return (decoder.weight.detach().float().numpy().copy(), bias.detach().float().numpy().copy())
 
-    def query_states(self, texts: Sequence[str]) -> "LexicalQueries":
+    def query_states(self, texts: Sequence[str]) -> LexicalQueries:
         """The queries' token states before the vocabulary projection (torch and numpy; ``OnnxLexicalQuery`` is
         the fast path), from which ``LexicalQueries`` gives term weights."""
         import torch
@@ -168,7 +168,7 @@ class LexicalQueries:
     def __len__(self) -> int:
         return len(self.states)
 
-    def __getitem__(self, keep) -> "LexicalQueries":
+    def __getitem__(self, keep) -> LexicalQueries:
         """The queries at positions ``keep`` (a list or index array)."""
         keep = np.asarray(keep, dtype=np.int64)
         return LexicalQueries(self.states[keep], self.mask[keep], self.project)

@@ -15,6 +15,7 @@ import torch
 
 from dipair_rerank.model.lexical import LexicalQueries, SpladeEncoder
 from dipair_rerank.model.onnx_query import _eager_attention, cache_dir, export_graph, inference_session
+from dipair_rerank.model.tokens import padded_batch, query_token_ids
 
 
 class _QueryStates(torch.nn.Module):
@@ -70,16 +71,16 @@ class OnnxLexicalQuery:
                                                           "out": {0: "batch", 1: "terms"}})
         self.states = inference_session(states, threads)
         self.projection = inference_session(projection, threads)
+        self._token_ids = query_token_ids(encoder.tokenizer, encoder.max_length)
+        self._pad_id = encoder.tokenizer.pad_token_id or 0
 
     def _project(self, states: np.ndarray, mask: np.ndarray, terms: np.ndarray) -> np.ndarray:
         return self.projection.run(None, {"states": states, "mask": mask.astype(np.int64), "terms": terms})[0]
 
     def __call__(self, queries: Sequence[str]) -> LexicalQueries:
-        batch = self.encoder.tokenizer(list(queries), padding=True, truncation=True,
-                                       max_length=self.encoder.max_length, return_tensors="np")
-        mask = batch["attention_mask"].astype(np.int64)
-        states = self.states.run(None, {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask})[0]
-        return LexicalQueries(states, mask, self._project)
+        batch = padded_batch(self._token_ids(list(queries)), self._pad_id)
+        feed = {name: tensor.numpy() for name, tensor in batch.items()}
+        return LexicalQueries(self.states.run(None, feed)[0], feed["attention_mask"], self._project)
 
 
 __all__ = ["OnnxLexicalQuery"]

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dipair_rerank.data import read_corpus, read_qrels, read_run, read_topics
 from dipair_rerank.data.runs import Run
@@ -249,7 +250,7 @@ def run_training(sets: list[TrainSetSpec], args: argparse.Namespace) -> Path:
 
 
 def channel_values(model, examples, topics: dict[str, str], candidates: Run, texts: dict[str, str], queries,
-                   docs, *, cache_dir: Path) -> dict[str, "np.ndarray"] | None:
+                   docs, *, cache_dir: Path) -> dict[str, Any] | None:
     """qid -> the z-scores [k, channels] of its candidates (in the example's order) for a model with channels:
     the candidates' first-stage scores, lexical dot products (vectors cached in ``cache_dir``), and the cosines of
     the pooled vectors in the ``queries``/``docs`` feature stores (what the query tower and the cache give)."""
