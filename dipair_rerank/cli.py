@@ -59,7 +59,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
                    help="cache storage: fp16 (exact; slots x d_p x 2 bytes per document, 3072 with the "
                    "default model), int8 (about half), pq (product quantisation, about a tenth or less with the "
-                   "defaults below; eval/RESULTS.md has the quality of each)")
+                   "defaults below; eval/README.md has the quality of each)")
     p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
     p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
                    help="pq: bits per value of the pooled vector, which the score reads directly (default 6)")
@@ -419,8 +419,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="server processes, each loading its own model (~1.2 GB resident) and batching its own "
                    "requests: a batch runs on --threads/N threads, a lone request on all --threads (default: 2, or "
-                   "1 with --threads 1). On 2 cores, 2 workers served 516-562 requests/s at concurrency 16, at "
-                   "the same single-request latency as 1 (eval/RESULTS.md); use 1 to halve the memory")
+                   "1 with --threads 1). On 2 cores, 2 workers serve about twice the requests/s of 1 at concurrency "
+                   "16, at the same single-request latency (eval/README.md); use 1 to halve the memory")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch / ONNX Runtime / Lucene threads")
     p.add_argument("--max-documents", type=int, default=1000,
                    help="candidates per /rerank request, and the largest /search k and depth (default 1000)")

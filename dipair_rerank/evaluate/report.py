@@ -25,7 +25,7 @@ def format_latency(summary: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
-    """A Markdown table (README/RESULTS-ready) of ``rows`` over ``columns``."""
+    """A Markdown table (README-ready) of ``rows`` over ``columns``."""
     def cell(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -46,7 +46,7 @@ def format_rounds(label: str, runs: Mapping[str, list[Mapping[str, float]]], col
 
 
 def publish_report(text: str, path: str | Path) -> None:
-    """Print a benchmark's report and save it where eval/RESULTS.md points to it."""
+    """Print a benchmark's report and save it where eval/README.md points to it."""
     print(text)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)

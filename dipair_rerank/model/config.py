@@ -28,14 +28,14 @@ class DiPairConfig:
         encoder: HF id or path of the encoder (both towers start from it).
         shared_encoder: one encoder for query and document, or two towers.
         query_tuned_layers: L > 0 gives the query its own tower whose top L layers are trained apart from the
-            document tower (issue 10). The document tower, and so every cache, stays ``encoder`` as published;
+            document tower. The document tower, and so every cache, stays ``encoder`` as published;
             a saved model stores only these L layers (a small delta) and reads the rest from ``encoder``.
         query_skipped_layers: frozen layers (below the tuned ones) the query tower leaves out: a shallower, faster
-            query tower whose tuned layers learned to stand in for them (``train/query_tower.py``, issue 11).
+            query tower whose tuned layers learned to stand in for them (``train/query_tower.py``).
         doc_tuned_layer: the document's kept prefix is read from a trained copy of the document tower's top
             layer, run at the n kept positions only (keys and values over every token, as the frozen layer
             computes them); the pooled vector stays the frozen tower's (the bi-encoder embedding). Index time is
-            unchanged; a saved model stores the layer as a delta (issue 10, lever a on the document side).
+            unchanged; a saved model stores the layer as a delta.
         encoder_config: when set, build the encoder from this HF config dict with random weights (tests).
         query_prefix: m, output vectors kept from the query.
         doc_prefix: n, output vectors kept from the document (these are cached).

@@ -37,8 +37,9 @@ ENCODER_PREFIX = "encoders."
 DOC_LAYER_PREFIX = "doc_top_layer."
 
 
-_LATER_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers", "channels", "lexical_model")
-"""Config fields left out of the fingerprint while off, so models saved before they existed keep their prints."""
+_OPTIONAL_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers", "channels", "lexical_model")
+"""Config fields left out of the fingerprint while off (false or empty): a model that does not use them keeps the
+fingerprint, and so the caches, it had before they existed."""
 LEXICAL_DIR = "lexical"
 
 
@@ -478,10 +479,9 @@ class DiPairModel(nn.Module):
     def fingerprint(self) -> str:
         """sha256 of the config and every weight: the cache records it and refuses other models."""
         if self._fingerprint is None:
-            # fields that came later are left out while off, so older models (and their caches) keep their prints
             # the lexical model enters by its weights' identity (below), not by where it was read from
             values = {k: v for k, v in self.config.to_dict().items()
-                      if (k not in _LATER_FIELDS or v) and k != "lexical_model"}
+                      if (k not in _OPTIONAL_FIELDS or v) and k != "lexical_model"}
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())

@@ -5,7 +5,7 @@ dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores 
 threads spin only within a call (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
 exported once per model (keyed by its fingerprint) beside the query branch's, and once per document dtype: the
 fp16 cache's blocks go in as they are stored and are widened inside the graph (ONNX Runtime's cast is vectorised
-and writes into its reused arena; numpy's was the larger part of a batch's gather: eval/RESULTS.md, seventh part).
+and writes into its reused arena; numpy's was the larger part of a batch's gather, docs/design-decisions.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class OnnxHead:
             query's head is too small to gain from a second one). A large call whose pairs come grouped by query
             runs as tasks of whole queries, each on one thread, ``threads`` at a time: the graph's ~60 small
             operators then run without a barrier between threads after each, and a thread slowed by another
-            process holding its core leaves its tasks to the other (eval/RESULTS.md, ninth part). Other large
+            process holding its core leaves its tasks to the other (docs/design-decisions.md). Other large
             calls run on an ONNX Runtime session of ``threads`` intra-op threads.
     """
 

@@ -25,7 +25,7 @@ def bind(host: str, port: int) -> socket.socket:
 
     The socket says it is TCP (``proto``): asyncio turns Nagle off (TCP_NODELAY) only on accepted connections that
     do, and with Nagle on every keep-alive request after the first waits ~40 ms for a delayed ACK (the bug in
-    uvicorn's own pre-bound sockets, uvicorn issue #3149)."""
+    uvicorn's own pre-bound sockets, reported upstream as uvicorn #3149)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

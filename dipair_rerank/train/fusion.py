@@ -1,8 +1,8 @@
 """A fusion teacher: a weighted sum of per-query z-scored scorers (bi-encoder, first stage, cross-encoders).
 
-Why: no strong cross-encoder can be downloaded offline, and one fine-tuned here on a few thousand pairs is weak
-(issue 3). A per-query z-score fusion of the all-MiniLM-L6-v2 bi-encoder with BM25 beats every single scorer
-we have, so it is the teacher the student distils. The output is a TREC run, used as ``--teacher run:FILE``.
+Why: no strong cross-encoder can be downloaded offline, and one fine-tuned here on a few thousand pairs is weak.
+A per-query z-score fusion of the scorers we have (BM25, the all-MiniLM-L6-v2 and all-mpnet-base-v2 bi-encoders,
+SPLADE-tiny) beats each of them, so it is the teacher the student distils. The output is a TREC run, used as ``--teacher run:FILE``.
 
 Scorer specs (comma-separated ``NAME=WEIGHT``):
 

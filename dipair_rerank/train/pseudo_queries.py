@@ -1,4 +1,4 @@
-"""Pseudo-queries cut from documents, for collections with few real queries (issue 10, lever c).
+"""Pseudo-queries cut from documents, for collections with few real queries.
 
 Independent cropping, as Contriever trains without queries: a short span of one sentence of a document becomes a
 query. Retrieved against the collection it came from, such a query finds the documents of its own topic, the near

@@ -1,7 +1,7 @@
-"""A shallower query tower distilled from a model's own (issue 11): the same model with some frozen query layers
+"""A shallower query tower distilled from a model's own: the same model with some frozen query layers
 left out, whose tuned top layers learn to give the blocks the full tower gives.
 
-Why: at query time most of DiPair's cost is the query tower (eval/RESULTS.md, ninth part), and every query layer
+Why: at query time most of DiPair's cost is the query tower (docs/design-decisions.md), and every query layer
 costs the same. Only query texts are needed, no labels or documents: the target is the teacher's own query blocks.
 The document tower, projections and head are the teacher's and stay frozen, so the student scores cached
 documents as the teacher would score them from the same blocks. The layers below the tuned ones are frozen too,

@@ -1,9 +1,10 @@
-"""SPLADE scorer for the fusion teacher: learned sparse term weights from an MLM head.
+"""SPLADE scorer for the fusion teacher (the encoder itself, shared with the lexical channel, is
+``model/lexical.py``): learned sparse term weights from an MLM head.
 
 A text's vector is ``max over tokens of log(1 + relu(MLM logits))`` (padding masked), one weight per vocabulary
 term; a pair's score is the dot product of the query's and the document's vectors. Why it teaches: SPLADE is
 trained on MS MARCO and matches (expanded) terms, the signal the MiniLM bi-encoder lacks, so the two fuse well
-(issue 10: 0.5 MiniLM + 0.5 SPLADE-tiny = 0.704 nDCG@10 on DL19, each alone <= 0.675).
+(0.5 MiniLM + 0.5 SPLADE-tiny gives 0.70 nDCG@10 on DL19, each alone at most 0.675; eval/README.md).
 
 Vectors are cached per text (sha256 of the text) in ``<cache_dir>/splade-<model hash>.npz`` as a CSR matrix, so
 each query and document is encoded once and every pair's score is reused across runs.
