@@ -151,6 +151,10 @@ class DiPairReranker:
         # encodes a batch while the caller searches (encode_queries_beside); only where batches run as tasks
         self._beside = (ThreadPoolExecutor(1, thread_name_prefix="dipair-encode")
                         if getattr(self._encode_queries, "runs_tasks", False) else None)
+        self._lexical_side = (ThreadPoolExecutor(1, thread_name_prefix="dipair-lexical")
+                              if self._lexical_queries is not None and self.threads > 1 else None)
+        # a view of the parameter, not a copy: the scores follow the model's weights
+        self._channel_weights = model.channel_weights.detach().numpy() if model.channel_weights is not None else None
         self._query_token_ids = query_token_ids(model.tokenizer, model.config.query_max_length)
         self._pad_id = model.tokenizer.pad_token_id or 0
 
@@ -228,26 +232,39 @@ class DiPairReranker:
         return done
 
     def _gather(self, docids: Sequence[str], queries: Prefix, counts: list[int]
-                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | Future | None]:
         """The candidates' cached blocks and masks, and their lexical dot products with their queries (None for a
-        model without a lexical channel)."""
+        model without a lexical channel). For a call whose head runs on one thread, the dot products are computed
+        on a side thread while the head runs (a Future): the second core is otherwise idle then."""
         with self.timer.time("gather", len(counts)):
             rows = self.cache.rows(docids)
-            blocks, lengths = self.cache.gather(rows)
             lexical = None
             if queries.lexical is not None:
-                lexical = self.cache.lexical_dots(rows, np.repeat(np.arange(len(counts)), counts), queries.lexical)
+                args = (rows, np.repeat(np.arange(len(counts)), counts), queries.lexical)
+                if self._lexical_side is not None and len(rows) <= SMALL_HEAD_CALL:
+                    lexical = self._lexical_side.submit(self.cache.lexical_dots, *args)
+                else:
+                    lexical = self.cache.lexical_dots(*args)
+            blocks, lengths = self.cache.gather(rows)
             return (*self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None), lexical)
 
-    def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+    def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor, *,
+              first_stage: np.ndarray | None, lexical: np.ndarray | Future | None) -> list[float]:
+        """The head's scores plus the model's channels (both timed as the "head" stage)."""
         pairs = d_vectors.shape[0]
         query_index = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
-        if self._onnx_head is not None:
-            with self.timer.time("head", len(counts)):
-                return self._onnx_head(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
-        with torch.inference_mode(), self.timer.time("head", len(counts)), \
-                torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.batch_threads):
-            return self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
+        with self.timer.time("head", len(counts)):
+            if self._onnx_head is not None:
+                scores = self._onnx_head(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
+            else:
+                with torch.inference_mode(), torch_threads(1 if pairs <= SMALL_HEAD_CALL else self.batch_threads):
+                    scores = self.model.score_prefixes(queries.vectors, queries.mask, d_vectors, d_mask, query_index)
+            if isinstance(lexical, Future):  # computed beside the head
+                lexical = lexical.result()
+            z = self.model.channel_z(counts, queries, d_vectors, first_stage=first_stage, lexical=lexical)
+            if z is None:
+                return scores.tolist()
+            return (scores.numpy().astype(np.float64) + z @ self._channel_weights).tolist()
 
     def warm_up(self, depth: int = 100) -> None:
         """Run one throw-away query (first calls allocate and, for ONNX, optimise), clear the timer, and take every
@@ -277,9 +294,7 @@ class DiPairReranker:
             queries = Prefix(queries.vectors[keep], queries.mask[keep], queries.pooled[keep],
                              None if queries.lexical is None else queries.lexical[keep])
         kept_counts = [counts[i] for i in keep]
-        head = self._head(queries, kept_counts, d_vectors, d_mask)
-        z = self.model.channel_z(kept_counts, queries, d_vectors, first_stage=first_stage, lexical=lexical)
-        scores = (head if z is None else head.float() + self.model.channel_scores(z)).tolist()
+        scores = self._head(queries, kept_counts, d_vectors, d_mask, first_stage=first_stage, lexical=lexical)
         del d_vectors, d_mask
         self._heap.check()
         offsets = np.cumsum([0, *counts]).tolist()

@@ -193,6 +193,13 @@ def sparse_dots(queries: LexicalQueries, owner: np.ndarray, bounds: tuple[np.nda
     end) ``bounds`` over ``terms``/``weights``: one vectorised gather, no per-document Python loop, and the
     queries' weights computed for the terms these rows hold only."""
     starts, ends = bounds
+    if len(queries) > 1:  # each query's weights for its own candidates' terms only, not the batch's union
+        out = np.empty(len(starts), np.float32)
+        for query in np.unique(owner):
+            mine = np.flatnonzero(owner == query)
+            out[mine] = sparse_dots(queries[[query]], np.zeros(len(mine), np.int64), (starts[mine], ends[mine]),
+                                    terms, weights)
+        return out
     counts = ends - starts
     total = int(counts.sum())
     if total == 0:

@@ -352,14 +352,16 @@ class DiPairModel(nn.Module):
             return z.new_zeros(z.shape[:-1])
         return (z * self.channel_weights.to(z.dtype)).sum(-1)
 
-    def pooled_cosines(self, q_pooled: torch.Tensor, owner: torch.Tensor, d_vectors: torch.Tensor) -> np.ndarray:
+    def pooled_cosines(self, q_pooled: torch.Tensor, owner: np.ndarray, d_vectors: torch.Tensor) -> np.ndarray:
         """Cosines [k] of the queries' full-width pooled vectors [Q, hidden] with the pooled vectors riding in
-        document blocks [k, slots, d_p] (``owner``: each block's query): the cosine channel's raw values."""
-        d_pooled = d_vectors[:, self.config.doc_slots:].flatten(1)[:, : self.hidden_size].float()
-        return (d_pooled * q_pooled.float()[owner]).sum(-1).numpy()
+        document blocks [k, slots, d_p] (``owner``: each block's query): the cosine channel's raw values. In numpy
+        on the calling thread: torch would hand an operation this size to its OpenMP pool, which spin-waits."""
+        blocks = d_vectors.numpy() if isinstance(d_vectors, torch.Tensor) else d_vectors
+        d_pooled = blocks[:, self.config.doc_slots:].reshape(len(blocks), -1)[:, : self.hidden_size]
+        return np.einsum("kh,kh->k", d_pooled.astype(np.float32), q_pooled.numpy().astype(np.float32)[owner])
 
     def channel_z(self, counts: Sequence[int], queries: Prefix, d_vectors: torch.Tensor, *,
-                  first_stage: np.ndarray | None = None, lexical: np.ndarray | None = None) -> torch.Tensor | None:
+                  first_stage: np.ndarray | None = None, lexical: np.ndarray | None = None) -> np.ndarray | None:
         """The channels' per-query z-scores [k, channels] for k candidates grouped by query (``counts``): the
         first-stage scores and lexical dot products as given (None: missing), the cosine from the blocks."""
         channels = self.config.channels
@@ -367,10 +369,8 @@ class DiPairModel(nn.Module):
             return None
         cosine = None
         if COSINE in channels:
-            owner = torch.arange(len(counts)).repeat_interleave(torch.tensor(list(counts)))
-            cosine = self.pooled_cosines(queries.pooled, owner, d_vectors)
-        values = {FIRST_STAGE: first_stage, LEXICAL: lexical, COSINE: cosine}
-        return torch.from_numpy(channel_inputs(channels, counts, values))
+            cosine = self.pooled_cosines(queries.pooled, np.repeat(np.arange(len(counts)), counts), d_vectors)
+        return channel_inputs(channels, counts, {FIRST_STAGE: first_stage, LEXICAL: lexical, COSINE: cosine})
 
     def encode_query_lexical(self, queries: Sequence[str]) -> LexicalQueries | None:
         """The lexical channel's queries, or None without that channel."""
@@ -472,7 +472,7 @@ class DiPairModel(nn.Module):
             lexical = None if terms is None else lexical_dots(self.encode_query_lexical([query]), [len(texts)], terms)
             z = self.channel_z([len(texts)], q, d_vectors, lexical=lexical)
             if z is not None:
-                scores = scores + self.channel_scores(z)
+                scores = scores + self.channel_scores(torch.from_numpy(z))
         return rank_texts(texts, scores.tolist(), k)
 
     # ----- identity and storage -------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_score_is_head_plus_weighted_channel_zscores(reranker):
         lexical = reranker.cache.lexical_dots(reranker.cache.rows(DOCIDS), np.zeros(len(DOCIDS), np.int64),
                                               encoded.lexical)
         d_vectors, _ = model.document_blocks(*reranker.cache.gather(reranker.cache.rows(DOCIDS)))
-        cosine = model.pooled_cosines(encoded.pooled, torch.zeros(len(DOCIDS), dtype=torch.long), d_vectors)
+        cosine = model.pooled_cosines(encoded.pooled, np.zeros(len(DOCIDS), np.int64), d_vectors)
     finally:
         with torch.no_grad():
             model.channel_weights.copy_(saved)

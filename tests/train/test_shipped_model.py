@@ -25,3 +25,11 @@ def test_shipped_query_tower_is_a_delta_over_the_packaged_encoder():
     query, doc = model.query_encoder.state_dict(), model.doc_encoder.state_dict()
     moved = [name for name in query if not torch.equal(query[name], doc[name])]
     assert moved and all(f"encoders.0.{name}".startswith(tuned) for name in moved)
+
+
+def test_shipped_model_carries_its_channels_and_lexical_model():
+    """The channels' weights are trained and the lexical model ships inside the folder (nothing to fetch)."""
+    model = load_model(None)
+    assert model.config.channels == ["first_stage", "lexical", "cosine"]
+    assert float(model.channel_weights.detach().abs().min()) > 0
+    assert model.lexical is not None and str(SHIPPED_DIR) in str(model.lexical.path)
