@@ -24,6 +24,7 @@ def check_trec_run(path, qids, hits):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_is_light():
     code = "import sys; from dipair_rerank.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

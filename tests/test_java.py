@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real subprocesses (a JVM, signals): -m "not slow" skips them
+
 CHILD = """
 import os, signal, time
 from dipair_rerank._java import ensure_jvm

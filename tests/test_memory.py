@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real subprocesses (a service, a JVM, signals): -m "not slow" skips them
+
 
 def test_a_guard_alive_at_exit_closes_without_noise():
     # with the re-ranker's imports loaded, interpreter shutdown clears module globals before the guard is collected

@@ -35,6 +35,7 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # a subprocess
 def test_verify_cli_exit_code_on_a_flipped_bit(index_copy):
     """The installed console script, as a user runs it: 0 on the intact copy, 2 once one bit of a shard flips."""
     script = Path(sys.executable).with_name("dipair-rerank")

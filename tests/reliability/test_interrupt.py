@@ -13,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dipair_rerank.cache import PrefixCache
 from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.indexer import IndexOptions, build_index
 from dipair_rerank.rerank import DiPairReranker
 from tests.conftest import TINY_DOCS, write_jsonl
+
+pytestmark = pytest.mark.slow  # real subprocesses (a service, a JVM, signals): -m "not slow" skips them
 
 DOCS = 6000
 SHARD_ROWS = 200  # 30 shards: the kill lands after a few, long before the last

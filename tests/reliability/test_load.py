@@ -6,7 +6,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from dipair_rerank._memory import HeapGuard
+
+pytestmark = pytest.mark.slow  # real subprocesses (a service, a JVM, signals): -m "not slow" skips them
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real subprocesses (a service, a JVM, signals): -m "not slow" skips them
+
 START_TIMEOUT = 240  # a fresh process imports torch, transformers and the JVM: slow on a busy 2-core machine
 
 
