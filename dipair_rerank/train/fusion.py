@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, sort_hits
 from dipair_rerank.errors import DiPairError
+from dipair_rerank.train.splade import splade_scores
+from dipair_rerank.train.teacher_models import SPLADE_TINY, TEACHER_MODELS, teacher_path
+from dipair_rerank.train.text_cache import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +153,7 @@ def fit_weights(
 
 
 # ----- scorers ----------------------------------------------------------------------------------------------
-def _text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+_text_key = text_hash  # the name eval/ scripts import
 
 
 class EmbeddingCache:
@@ -208,8 +210,6 @@ def load_biencoder(model: str = PACKAGED_BIENCODER, *, device: str = "cpu"):
 def resolve_biencoder(model: str) -> str:
     """``model`` with the name of a fetched teacher (``all-mpnet-base-v2``, ``dipair-rerank fetch-teachers``)
     replaced by its folder; an id, a path or the packaged MiniLM as they are."""
-    from dipair_rerank.train.teacher_models import TEACHER_MODELS, teacher_path
-
     base, bf16 = (model[: -len(BF16_SUFFIX)], BF16_SUFFIX) if model.endswith(BF16_SUFFIX) else (model, "")
     if base in TEACHER_MODELS and not Path(base).exists():
         return str(teacher_path(base)) + bf16
@@ -230,7 +230,7 @@ def embed(
     saved every ``chunk`` texts so an interrupted run keeps its work."""
     model = resolve_biencoder(model)
     cache = EmbeddingCache(cache_dir, model)
-    keys = [_text_key(t) for t in texts]
+    keys = [text_hash(t) for t in texts]
     todo = list(dict.fromkeys(k for k in keys if k not in cache.vectors))
     if todo:
         text_of = dict(zip(keys, texts))
@@ -302,9 +302,6 @@ def scorer_runs(
             runs.append(biencoder_scores(topics, candidates, doc_text, model=scorer.model or PACKAGED_BIENCODER,
                                          cache_dir=cache_dir, device=device, progress=progress))
         elif scorer.kind == SPLADE:
-            from dipair_rerank.train.splade import splade_scores
-            from dipair_rerank.train.teacher_models import SPLADE_TINY, teacher_path
-
             model = scorer.model or str(teacher_path(SPLADE_TINY.name))
             runs.append(splade_scores(topics, candidates, doc_text, model=model, cache_dir=cache_dir,
                                       device=device, progress=progress))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, sort_hits
 from dipair_rerank.model.lexical import SpladeEncoder
-from dipair_rerank.train.fusion import _text_key
+from dipair_rerank.train.text_cache import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def splade_vectors(encoder: SpladeEncoder, texts: Sequence[str], *, cache_dir: P
                    chunk: int = 1024, progress: bool = True):
     """CSR matrix of the SPLADE vectors of ``texts``, encoding only those not cached (longest first)."""
     cache = SparseCache(cache_dir, encoder.identity, encoder.vocab_size)
-    keys = [_text_key(t) for t in texts]
+    keys = [text_hash(t) for t in texts]
     text_of = dict(zip(keys, texts))
     todo = sorted(dict.fromkeys(k for k in keys if k not in cache.rows), key=lambda k: -len(text_of[k]))
     with tqdm(total=len(todo), desc="splade", unit="text", disable=not progress or not todo) as bar:
