@@ -1,6 +1,6 @@
 """The effectiveness table, in one command: SciFact test and TREC DL19, BM25 top-100 re-ranked.
 
-    HF_HUB_OFFLINE=1 python eval/effectiveness.py [--out eval/work/effectiveness] [--teacher eval/teacher.json]
+    HF_HUB_OFFLINE=1 python eval/effectiveness.py [--out eval/work/effectiveness] [--teacher eval/recipe/teacher.json]
 
 Rows: BM25 (the shared run); the cheap scorers the default model is made of, each alone (all-MiniLM-L6-v2
 bi-encoder, SPLADE-tiny) and fused with no head (per-query z-scores; weights fitted on TRAINING queries only —
@@ -16,8 +16,8 @@ no-head hybrid.
 
 Reuses: bi-encoder embeddings and SPLADE vectors (``--embeddings``) and the DiPair indexes (``indexes/eff-*``,
 rebuilt only when the default model's fingerprint changes). Needs ``dipair-rerank fetch-teachers`` and
-``eval/teacher.json`` (both from ``eval/train_default.sh``). Reads the shared data from ``$DIPAIR_DATA`` (default
-../shared/data). Writes ``OUT/table.md``, ``OUT/table.json`` and the runs.
+``eval/recipe/teacher.json`` (both from ``eval/recipe/train_default.sh``). Reads the shared data from
+``$DIPAIR_DATA`` (default ../shared/data). Writes ``OUT/table.md``, ``OUT/table.json`` and the runs.
 """
 
 from __future__ import annotations
@@ -233,8 +233,8 @@ def _format(results: dict[str, list[dict]], header: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="eval/work/effectiveness")
-    parser.add_argument("--teacher", default="eval/teacher.json",
-                        help="fusion teacher weights per domain (written by eval/train_default.sh)")
+    parser.add_argument("--teacher", default="eval/recipe/teacher.json",
+                        help="fusion teacher weights per domain (written by eval/recipe/train_default.sh)")
     parser.add_argument("--cross-encoder", default=None, help="also a row for this fine-tuned cross-encoder")
     parser.add_argument("--embeddings", default="eval/work/embeddings", help="bi-encoder / SPLADE cache")
     parser.add_argument("--threads", type=int, default=2)

@@ -8,7 +8,6 @@ mkdir -p eval/results
 python eval/bench_latency.py | tee eval/results/bench_latency.txt
 python eval/bench_index.py | tee eval/results/bench_index.txt
 python eval/bench_codecs.py | tee eval/results/bench_codecs.txt
-python eval/codec_sensitivity.py | tee eval/results/codec_sensitivity.txt
 python eval/plot_tradeoff.py | tee eval/results/plot_tradeoff.txt
 python eval/capacity.py | tee eval/results/capacity.txt
 python eval/bench_serve.py  # writes eval/results/bench_serve.md (needs the [serve] extra)

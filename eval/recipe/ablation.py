@@ -1,10 +1,10 @@
 """The DiPair shape ablation of issue 3, on a validation split of the *training* data (never a test set).
 
-    HF_HUB_OFFLINE=1 python eval/ablation.py [--max-train-queries 4000] [--epochs 4]
+    HF_HUB_OFFLINE=1 python eval/recipe/ablation.py [--max-train-queries 4000] [--epochs 4]
 
 Each configuration changes one value of the default (m=8, n=16, d_p=128, 2 head layers, similarity residual on)
-and trains stage 1 over the cached frozen-encoder features of eval/train_default.sh (same sets, same teacher,
-same validation split as the default model). Columns: best validation nDCG@10 against qrels (validation
+and trains stage 1 over the cached frozen-encoder features of eval/recipe/train_default.sh (same sets, same
+teacher, same validation split as the default model). Columns: best validation nDCG@10 against qrels (validation
 queries of SciFact train, SciFact title pseudo-queries and DL21), agreement with the teacher (nDCG@10 with the
 teacher's top 3 as relevant), head latency (p50 ms to score 100 candidates of one query, cached document blocks
 in hand) and bytes per cached document (fp16). Rows are appended to ``OUT/results.jsonl`` as they finish, so a
@@ -68,7 +68,7 @@ def head_latency_ms(model: DiPairModel, candidates: int = 100, repeats: int = 50
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="eval/work/train", help="folder of eval/train_default.sh")
+    parser.add_argument("--work", default="eval/work/train", help="folder of eval/recipe/train_default.sh")
     parser.add_argument("--features", default="eval/work/features")
     parser.add_argument("--out", default="eval/work/ablation")
     parser.add_argument("--depth", type=int, default=30)

@@ -2,14 +2,14 @@
 report, per collection, nDCG@10 of the two models re-ranking BM25's top 100 from the same cached documents, and the
 mean Kendall tau between their scores per query; then the two query towers' encoding time on DL19's queries.
 
-Training queries (texts only): the training sets of eval/prepare_train_data.py but DL21 (MS MARCO dev-subset
+Training queries (texts only): the training sets of eval/recipe/prepare_train_data.py but DL21 (MS MARCO dev-subset
 queries, pseudo-queries cropped from the DL21/DL22 pools, SciFact titles, SciFact train, DL22). DL21 is the
 validation set; DL19 and SciFact test are reported, never used to choose anything. The document side is the
 teacher's, so indexes built with the teacher serve both (indexes/eff-*, as eval/effectiveness.py builds them).
 
-    bash eval/train_default.sh   # the whole recipe: trains the 6-layer model, then runs this on it (its step 7)
-    # or on a 6-layer model of your own (after python eval/prepare_train_data.py, for the training sets):
-    python eval/distill_query_tower.py --teacher MODEL --skip 2 3 [--ship]   # ~15 min on 2 cores
+    bash eval/recipe/train_default.sh   # the whole recipe: trains the 6-layer model, then runs this on it (its step 7)
+    # or on a 6-layer model of your own (after python eval/recipe/prepare_train_data.py, for the training sets):
+    python eval/recipe/distill_query_tower.py --teacher MODEL --skip 2 3 [--ship]   # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--teacher", required=True,
                         help="the full-tower model whose query tower is distilled (a model folder or a --model name)")
     parser.add_argument("--skip", type=int, nargs="+", default=[2, 3], help="frozen query layers left out")
-    parser.add_argument("--sets", default="eval/work/train/sets", help="eval/prepare_train_data.py's training sets")
+    parser.add_argument("--sets", default="eval/work/train/sets",
+                        help="eval/recipe/prepare_train_data.py's training sets")
     parser.add_argument("--queries", nargs="+", help="topic files (qid<TAB>text, or irds:ID) to train on instead")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)

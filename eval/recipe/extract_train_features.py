@@ -1,7 +1,7 @@
 """Frozen-encoder features of every training query and candidate document (stage-1 inputs), computed before
-the teacher so the bi-encoder cache can be seeded from them (eval/seed_biencoder_cache.py).
+the teacher so the bi-encoder cache can be seeded from them (eval/recipe/seed_biencoder_cache.py).
 
-    python eval/extract_train_features.py --sets eval/work/train/sets --features eval/work/features
+    python eval/recipe/extract_train_features.py --sets eval/work/train/sets --features eval/work/features
 
 Keeps m <= 16 query and n <= 32 document vectors: enough for the default model and every ablation row.
 ``--doc-input-layer 5`` also stores every document token's input to the top layer (~5.5 GB for the ~28k

@@ -6,7 +6,8 @@ fit uses only queries the head never trained on: all DL21 queries (BM25 top-100)
 held out for validation (BM25 top-30, the split ``dipair-rerank train --val-fraction 0.2 ...`` made, seed 0).
 One set of weights for both domains (the mean of the two domains' nDCG@10), by grid search.
 
-    python eval/fit_channel_weights.py --model eval/work/train/channels/model --output eval/work/train/channels-fit
+    python eval/recipe/fit_channel_weights.py --model eval/work/train/channels/model \
+        --output eval/work/train/channels-fit
 """
 
 from __future__ import annotations

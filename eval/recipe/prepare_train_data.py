@@ -5,7 +5,7 @@ SciFact corpus; DL21 (graded qrels) and DL22 queries with their shared BM25 runs
 against the DL21 + DL22 passage pools (BM25 over a Lucene index of the pools); cropped pseudo-queries from those
 pools' passages (issue 10, lever c). Never SciFact test, never DL19.
 
-    python eval/prepare_train_data.py --work eval/work/train [--depth 30]
+    python eval/recipe/prepare_train_data.py --work eval/work/train [--depth 30]
 
 Writes ``WORK/sets/<name>/{topics.tsv,candidates.trec[,qrels.txt],corpus}`` (``corpus`` is a folder of symlinks
 to the shared JSONL files: data is referenced, never copied) and ``WORK/lucene-*`` indexes. Idempotent.

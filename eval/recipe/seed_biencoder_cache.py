@@ -6,7 +6,7 @@ same encoder the DiPair features come from; a document feature store read at 256
 checked against sentence-transformers before anything is written; the rest of the texts are left for the
 fusion teacher to encode.
 
-    python eval/seed_biencoder_cache.py --features eval/work/features --sets eval/work/train/sets \
+    python eval/recipe/seed_biencoder_cache.py --features eval/work/features --sets eval/work/train/sets \
         --cache eval/work/embeddings
 """
 

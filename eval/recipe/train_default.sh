@@ -10,7 +10,7 @@
 # DL21+DL22 passage pools. Never SciFact test, never DL19. Every step is idempotent/resumable; work files go to
 # eval/work/ (git-ignored). THREADS=1 when another job shares the CPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 W=eval/work/train
 S=$W/sets
@@ -29,13 +29,13 @@ SpladeEncoder(teacher_path('splade-tiny')).save_pretrained('$LEXICAL')"
 
 # 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora); 6,000 cropped
 #    pseudo-queries from the DL21/DL22 pools
-python eval/prepare_train_data.py --work $W --depth 30 --crops "${CROPS:-6000}"
+python eval/recipe/prepare_train_data.py --work $W --depth 30 --crops "${CROPS:-6000}"
 
 # 2. frozen MiniLM features of every training document (and query, to seed the bi-encoder cache)
-python eval/extract_train_features.py --sets $S --features $F --threads "${THREADS:-2}"
+python eval/recipe/extract_train_features.py --sets $S --features $F --threads "${THREADS:-2}"
 
 # 3. the bi-encoder teacher's embeddings are the same mean-pooled MiniLM outputs: seed its cache (verified)
-python eval/seed_biencoder_cache.py --features $F --sets $S --cache $E
+python eval/recipe/seed_biencoder_cache.py --features $F --sets $S --cache $E
 
 # 4. weights fitted per domain on TRAINING qrels only (DL21 BM25 top-100; SciFact train top-30), each scorer
 #    z-scored per query: the teacher (BM25, MiniLM, SPLADE-tiny, all-mpnet-base-v2 in bf16) and the no-head hybrid
@@ -57,15 +57,15 @@ python - <<PY
 import json
 read = lambda name: json.load(open(f"$W/teacher/fit-{name}.trec.fit.json"))["scorers"]
 json.dump({kind: {"msmarco": read(f"{kind}-dl21"), "scifact": read(f"{kind}-scifact")} for kind in ("teacher", "hybrid")},
-          open("eval/teacher.json", "w"), indent=2)
+          open("eval/recipe/teacher.json", "w"), indent=2)
 PY
-cat eval/teacher.json
+cat eval/recipe/teacher.json
 
 # 5. teacher scores for every training set (SciFact sets: SciFact weights; MS MARCO sets: DL21 weights)
 SETS="scifact-train scifact-titles dl21 dl22 marco-dev marco-crops"
 for set in $SETS; do
   case $set in scifact-*) key=scifact ;; *) key=msmarco ;; esac
-  weights=$(python -c "import json; print(json.load(open('eval/teacher.json'))['teacher']['$key'])")
+  weights=$(python -c "import json; print(json.load(open('eval/recipe/teacher.json'))['teacher']['$key'])")
   dipair-rerank teacher-scores --topics $S/$set/topics.tsv --candidates $S/$set/candidates.trec \
       --corpus $S/$set/corpus --scorers "$weights" --output $W/teacher/$set.trec --cache-dir $E --depth 30
 done
@@ -96,7 +96,7 @@ dipair-rerank -v train --model $BASE --set channels=first_stage,lexical,cosine -
 
 # 8. the channel weights refitted on labels, head fixed: all 53 DL21 queries and the 20% of SciFact train held out
 #    above (queries the head never trained on), one set of weights for both domains, grid search on nDCG@10
-python eval/fit_channel_weights.py --model $W/$NAME/model --output $W/$NAME-fit
+python eval/recipe/fit_channel_weights.py --model $W/$NAME/model --output $W/$NAME-fit
 
 # 9. ship it (head, projections, channel weights, the tuned query layers as an fp16 delta, the lexical model)
 if [ "${SHIP:-1}" = 1 ]; then
