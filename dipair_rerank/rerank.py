@@ -222,7 +222,7 @@ class DiPairReranker:
 
     def encode_queries_beside(self, queries: Sequence[str]) -> Future[Prefix]:
         """``encode_queries`` on a side thread, for a caller with work of its own meanwhile: a first stage's batch
-        search, whose hits Python then reads on one core while the other would idle (eval/overlap_first_stage.py).
+        search, whose hits Python then reads on one core while the other would idle (docs/design-decisions.md).
         Only batches whose encoder runs tasks (several batch threads) go beside; otherwise, as for a lone query,
         this encodes now and returns the finished result."""
         if self._beside is not None and len(queries) > 1:
@@ -272,7 +272,7 @@ class DiPairReranker:
 
         Why the freeze: torch, transformers, ONNX and the JVM bridge leave ~0.5M tracked objects, and a full pass
         over them took ~0.3 s; batches of re-ranked hits trigger one every few hundred queries (a run over many
-        topics, a busy service). Frozen, such a pass reads only what was made since (eval/gc_pauses.py)."""
+        topics, a busy service). Frozen, such a pass reads only what was made since (docs/design-decisions.md)."""
         rows = min(depth, len(self.cache))
         lookup = self.cache.docids
         docids = [bytes(lookup.sorted[i]).decode("utf-8") for i in range(rows)]

@@ -120,9 +120,8 @@ class PQCodec:
     trained centroids (``m`` bytes per vector).
 
     With ``pooled_bits`` set, the last slot (the model's pooled vector) gets its own scalar quantiser of that
-    many bits per value instead: the score reads it directly through the cosine term, and
-    eval/codec_sensitivity.py measured it as the one slot coarse codes hurt (prefix vectors take 8 bytes each at
-    no measured loss).
+    many bits per value instead: the score reads it directly through the cosine term, and it was measured as the
+    one slot coarse codes hurt (prefix vectors take 8 bytes each at no measured loss; docs/design-decisions.md).
     """
 
     name = "pq"

@@ -100,7 +100,7 @@ class PrefixCache:
         """Read every cache file and map all its pages now, so that first gathers cost what later ones do.
 
         A cold row otherwise faults in on its first gather: a first pass over DL19 from a cold page cache gathered
-        at 6.8 ms p50, against 0.7 ms once mapped in (``eval/cold_start.py``). For a long-running service's
+        at 6.8 ms p50, against 0.7 ms once mapped in (docs/design-decisions.md). For a long-running service's
         warm-up; one-off runs keep opening in constant time and read only the rows they touch. Nothing is done for
         a cache over ``max_bytes`` (default: a quarter of physical memory) or where the kernel cannot (before Linux
         5.14). Returns whether the cache was mapped in."""

@@ -1,7 +1,7 @@
 """The head (``DiPairModel.score_prefixes``) on ONNX Runtime.
 
 One query's head is ~60 small tensor ops over 100 candidates; PyTorch spends much of that call in per-op
-dispatch, ONNX Runtime about a third less (``eval/bench_head.py``), with scores equal to 1e-5. Its
+dispatch, ONNX Runtime about a third less (docs/design-decisions.md), with scores equal to 1e-5. Its
 threads spin only within a call (``onnx_query.inference_session``), so a shared CPU does not stall it. The graph is
 exported once per model (keyed by its fingerprint) beside the query branch's, and once per document dtype: the
 fp16 cache's blocks go in as they are stored and are widened inside the graph (ONNX Runtime's cast is vectorised

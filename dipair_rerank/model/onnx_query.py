@@ -4,7 +4,7 @@ For one short query the PyTorch encoder spends most of its time in per-op dispat
 graph about 3x faster on CPU (measured in eval/bench_latency.py) with outputs equal to 1e-5. The graph is
 exported once per model (keyed by its fingerprint) into ``$DIPAIR_CACHE`` (default ``~/.cache/dipair-rerank``),
 with attention traced as explicit ops so that ONNX Runtime's BERT optimiser can fuse each layer's attention,
-layer norms and GELU (746 nodes -> 84 for the default model, ~1.1x faster per query: eval/query_encoder_floor.py).
+layer norms and GELU (746 nodes -> 84 for the default model, ~1.1x faster per query: docs/design-decisions.md).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def inference_session(path: Path, threads: int):
     """An ONNX Runtime CPU session whose workers spin within a call and sleep between calls.
 
     Within: the int8 query graph runs ~100 operators of a few microseconds each, and waking a sleeping worker for
-    every one cost more than the work (a DL19 query's encoding 2.4 -> 1.7 ms, eval/thread_policy.py).
+    every one cost more than the work (a DL19 query's encoding 2.4 -> 1.7 ms, docs/design-decisions.md).
     Between: a worker left spinning after the call burns its core for tens of milliseconds (the same script's
     idle CPU), stealing it from the next stage, the JVM or another process (the collapse torch's OpenMP pool shows
     on a shared CPU)."""
@@ -196,9 +196,9 @@ def quantize_query_branch(model: DiPairModel) -> Path:
     Every constant-weight product of the fused fp32 graph becomes ONNX Runtime's ``MatMulNBits``: 8-bit weights
     with one scale per block of ``INT8_BLOCK`` inputs of a column, and int8 arithmetic (accuracy level 4) over
     activations quantised per block of each call too: a query reads a quarter of fp32's 42.5 MB of weights, and
-    encodes ~20% faster (eval/query_encoder_floor.py). Per-tensor activation scales (dynamic quantisation, the
+    encodes ~20% faster (docs/design-decisions.md). Per-tensor activation scales (dynamic quantisation, the
     previous int8 graph) gave a mean Kendall tau of only 0.93-0.96 against fp32; these blocks keep it at 0.99 and
-    nDCG@10 within 0.002 (eval/bench_query_int8.py)."""
+    nDCG@10 within 0.002 (docs/design-decisions.md)."""
     target = cache_dir() / "onnx" / f"query-{model.fingerprint()[:20]}-int8-block{INT8_BLOCK}.onnx"
     if not target.is_file():
         logger.info("quantising the query encoder to %s", target)
@@ -234,7 +234,7 @@ class ContentionSwitch:
     A parallel operator waits for its slowest thread. When another process takes a core from a running service,
     the worker that shares it runs in time slices, and one query's encoding took 2.5-4x its quiet time in some
     runs (``eval/bench_latency.py --contention``) and had a tail of 6-10 ms in most, while one thread, which the
-    scheduler keeps on the free core, holds its speed (``eval/thread_policy.py``). The sign: the process's CPU
+    scheduler keeps on the free core, holds its speed (docs/design-decisions.md). The sign: the process's CPU
     time over the call's wall time, close to the thread count on a quiet machine (every thread works or spins
     throughout, even in a slower call from cold caches) and close to one when the worker waits for its core (a
     call that overlaps the end of another process's, as a client's and a service's calls do, drops a little). So
@@ -245,7 +245,7 @@ class ContentionSwitch:
     ``busy_gap`` cores' worth of CPU since the last call ended (a cross-encoder's torch call between two DiPair
     calls, say), that runtime's workers are most likely still spinning on the cores (libgomp's default, for
     milliseconds after each call), or a JVM's threads run beside a search loop, and this one call runs on one
-    thread (eval/after_other_work.py). Only calls after a gap of at least ``MIN_GAP`` seconds are judged so; a
+    thread (docs/design-decisions.md). Only calls after a gap of at least ``MIN_GAP`` seconds are judged so; a
     service idling between requests reads near zero.
     """
 
@@ -292,8 +292,8 @@ class OnnxQueryEncoder:
         model: the DiPair model (its query branch is exported on first use).
         threads: ONNX Runtime intra-op threads for one query (one while the CPU is contended: ``ContentionSwitch``).
         batch_threads: ... for several queries at once (default ``threads``).
-        int8: run the int8 copy of the graph (``quantize_query_branch``); eval/bench_query_int8.py measures what
-            it costs in quality.
+        int8: run the int8 copy of the graph (``quantize_query_branch``); what it costs in quality is in
+            docs/design-decisions.md.
     """
 
     def __init__(self, model: DiPairModel, *, threads: int = 1, batch_threads: int | None = None, int8: bool = False):
@@ -317,7 +317,7 @@ class OnnxQueryEncoder:
         tasks on one thread each, that many at a time, largest first; else, or for a single batch (e.g. one query,
         which keeps every thread it is given), one plain call after another. Why tasks: no padding is needed
         across groups and no barrier between threads after each of the graph's ~100 operators
-        (eval/batch_tasks.py)."""
+        (docs/design-decisions.md)."""
         if self._pool is None or len(batches) < 2:
             return [self(batch) for batch in batches]
         order = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].numel())

@@ -204,7 +204,7 @@ def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray,
         return project_features(model, "query", prefix, mask, pooled, model.config.query_prefix)
     if model.config.query_skipped_layers:  # the stored layer inputs are the full tower's
         raise DiPairError("cached query features are the full query tower's: distil a shallower one with "
-                          "eval/distill_query_tower.py instead")
+                          "eval/recipe/distill_query_tower.py instead")
     width = max(int(mask.sum(1).max()), model.config.query_prefix)  # stored padded to max_length: trim
     prefix, mask = prefix[:, :width], mask[:, :width]
     hidden = run_top_layers(model.query_encoder, prefix.float(), mask, int(layer))

@@ -91,7 +91,7 @@ def load_texts(spec: TrainSetSpec, docids: set[str]) -> dict[str, str]:
 
 def prepared_set_texts(sets_dir: str | Path) -> tuple[list[str], list[str]]:
     """Queries and candidate-document texts of every prepared training set under ``sets_dir`` (one folder per
-    set with topics.tsv, candidates.trec and corpus/, as eval/prepare_train_data.py writes them)."""
+    set with topics.tsv, candidates.trec and corpus/, as eval/recipe/prepare_train_data.py writes them)."""
     queries: list[str] = []
     docs: list[str] = []
     for folder in sorted(Path(sets_dir).iterdir()):
