@@ -7,7 +7,7 @@ queries, pseudo-queries cropped from the DL21/DL22 pools, SciFact titles, SciFac
 validation set; DL19 and SciFact test are reported, never used to choose anything. The document side is the
 teacher's, so indexes built with the teacher serve both (indexes/eff-*, as eval/effectiveness.py builds them).
 
-    bash eval/recipe/train_default.sh   # the whole recipe: trains the 6-layer model, then runs this on it (its step 7)
+    (the recipe at git 41528e6, then eval/train_default.sh, trained the 6-layer model and ran this on it as its step 7)
     # or on a 6-layer model of your own (after python eval/recipe/prepare_train_data.py, for the training sets):
     python eval/recipe/distill_query_tower.py --teacher MODEL --skip 2 3 [--ship]   # ~15 min on 2 cores
 """
