@@ -57,9 +57,10 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=_threads_default(),
                    help="torch and Lucene threads (default: every core, %(default)s here)")
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
-                   help="cache storage: fp16 (exact; slots x d_p x 2 bytes per document, 3072 with the "
-                   "default model), int8 (about half), pq (product quantisation, about a tenth or less with the "
-                   "defaults below; eval/README.md has the quality of each)")
+                   help="cache storage of the blocks (a lexical channel's terms are stored as they are): fp16 "
+                   "(exact; slots x d_p x 2 bytes per document, 3072 with the default model), int8 (about half), "
+                   "pq (product quantisation, about a tenth or less with the defaults below); eval/README.md has "
+                   "the quality of each")
     p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
     p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
                    help="pq: bits per value of the pooled vector, which the score reads directly (default 6)")
