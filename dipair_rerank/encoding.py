@@ -40,6 +40,7 @@ def encode_documents(
     vectors = np.empty((count, model.doc_block_slots, config.proj_dim), dtype=np.float16)
     lengths = np.empty(count, dtype=np.uint16)
     pooled = np.empty((count, model.hidden_size), dtype=np.float32)
+    lexical: list[TermWeights] | None = [None] * count if model.lexical is not None else None  # type: ignore[list-item]
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             rows = order[start : start + batch_size]
@@ -51,7 +52,9 @@ def encode_documents(
             vectors[rows] = prefix.vectors.to(torch.float16).numpy()
             lengths[rows] = prefix.mask[:, : config.doc_prefix].sum(1).numpy()
             pooled[rows] = prefix.pooled.numpy()
+            if lexical is not None:  # in the same batches, so the progress bar counts both
+                for row, terms in zip(rows, model.lexical.encode([texts[i] for i in rows]), strict=True):
+                    lexical[row] = terms
             if progress is not None:
                 progress.update(len(rows))
-    lexical = model.lexical.encode(texts) if model.lexical is not None else None
     return EncodedDocuments(vectors, lengths, pooled, truncated, lexical)
