@@ -37,7 +37,7 @@ ENCODER_PREFIX = "encoders."
 DOC_LAYER_PREFIX = "doc_top_layer."
 
 
-_OPTIONAL_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers", "channels", "lexical_model")
+_OPTIONAL_FIELDS = ("doc_tuned_layer", "full_width_residual", "query_skipped_layers", "channels")
 """Config fields left out of the fingerprint while off (false or empty): a model that does not use them keeps the
 fingerprint, and so the caches, it had before they existed."""
 LEXICAL_DIR = "lexical"
@@ -481,7 +481,7 @@ class DiPairModel(nn.Module):
         if self._fingerprint is None:
             # the lexical model enters by its weights' identity (below), not by where it was read from
             values = {k: v for k, v in self.config.to_dict().items()
-                      if (k not in _OPTIONAL_FIELDS or v) and k != "lexical_model"}
+                      if k != "lexical_model" and (k not in _OPTIONAL_FIELDS or v)}
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
