@@ -4,18 +4,22 @@ in no index (``texts.py``), so both produce the same rows.
 Texts are tokenized once, sorted by length and batched, so padding is minimal; results come back in input
 order. The same forward pass yields the mean-pooled vectors used for the optional dense index; a model with a
 lexical channel also gives each text's SPLADE terms.
+
+The model is an argument and ``dipair_rerank.model`` is imported for annotations only: ``DiPairModel.rank`` runs
+this code (through ``texts.py``), so the model package depends on this module, not the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-from dipair_rerank.model import DiPairModel
-from dipair_rerank.model.lexical import TermWeights
+if TYPE_CHECKING:
+    from dipair_rerank.model import DiPairModel
+    from dipair_rerank.model.lexical import TermWeights
 
 
 class EncodedDocuments(NamedTuple):

@@ -24,8 +24,9 @@ from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
 from dipair_rerank.model.channels import FIRST_STAGE, LEXICAL
 from dipair_rerank.model.default import DEFAULT_MODEL
+from dipair_rerank.model.lexical import lexical_dots
 from dipair_rerank.model.tokens import padded_batch, query_token_ids
-from dipair_rerank.texts import RankedText, check_texts, lexical_dots, rank_texts, text_inputs
+from dipair_rerank.texts import RankedText, check_texts, rank_texts, text_inputs
 from dipair_rerank.timing import StageTimer
 
 logger = logging.getLogger(__name__)

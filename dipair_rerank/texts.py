@@ -3,21 +3,26 @@
 Texts go through ``encoding.encode_documents``, the indexer's own code (length-sorted batches, fp16 rows), so a
 text scores as it does from an index built with the fp16 codec (lossy codecs, int8 and pq, differ by their
 quantisation error).
+
+``DiPairModel.rank`` is built on these functions, so they take the model as an argument and import nothing of
+``dipair_rerank.model`` at run time (its types only for annotations): the model package depends on this module, not
+the other way round.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
 import torch
 
 from dipair_rerank.encoding import encode_documents
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.model import DiPairModel
-from dipair_rerank.model.lexical import LexicalQueries, TermWeights, sparse_dots, stored_terms
+
+if TYPE_CHECKING:
+    from dipair_rerank.model import DiPairModel
+    from dipair_rerank.model.lexical import TermWeights
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +63,6 @@ def text_inputs(model: DiPairModel, texts: Sequence[str], *, batch_size: int = 3
 def text_blocks(model: DiPairModel, texts: Sequence[str], *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks and masks of ``text_inputs``."""
     return text_inputs(model, texts, batch_size=batch_size)[:2]
-
-
-def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence[TermWeights]) -> np.ndarray:
-    """Lexical dot products [sum(counts)] of texts' terms with their queries (texts grouped by query, in order)."""
-    offsets, ids, weights = stored_terms(terms)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    return sparse_dots(queries, owner, (offsets[:-1], offsets[1:]), ids, weights)
 
 
 def rank_texts(texts: Sequence[str], scores: Sequence[float], k: int | None = None) -> list[RankedText]:

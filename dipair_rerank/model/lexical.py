@@ -216,4 +216,12 @@ def sparse_dots(queries: LexicalQueries, owner: np.ndarray, bounds: tuple[np.nda
     return np.bincount(row_of, weights=products, minlength=len(starts)).astype(np.float32)
 
 
-__all__ = ["LexicalQueries", "SpladeEncoder", "TermWeights", "numpy_projection", "sparse_dots", "stored_terms"]
+def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence[TermWeights]) -> np.ndarray:
+    """Lexical dot products [sum(counts)] of texts' terms with their queries (texts grouped by query, in order)."""
+    offsets, ids, weights = stored_terms(terms)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return sparse_dots(queries, owner, (offsets[:-1], offsets[1:]), ids, weights)
+
+
+__all__ = ["LexicalQueries", "SpladeEncoder", "TermWeights", "lexical_dots", "numpy_projection", "sparse_dots",
+           "stored_terms"]

@@ -27,7 +27,7 @@ from dipair_rerank.data.corpus import read_corpus
 from dipair_rerank.encoding import encode_documents
 from dipair_rerank.model import load_model
 from dipair_rerank.model.channels import COSINE, FIRST_STAGE, LEXICAL, channel_inputs
-from dipair_rerank.texts import lexical_dots
+from dipair_rerank.model.lexical import lexical_dots
 
 logger = logging.getLogger("fit_channel_weights")
 

@@ -1,9 +1,7 @@
-import pytest
-import torch
+"""The towers and blocks (``model/modeling.py``): pairs score from raw text, masks make padding irrelevant, document
+vectors are fp16-exact (so the fp16 cache is lossless), and the head's parameters leave the encoders out."""
 
-from dipair_rerank.errors import DiPairError
-from dipair_rerank.model import DiPairModel, load_model
-from tests.conftest import tiny_config
+import torch
 
 QUERIES = ["quantum qubits", "pets"]
 DOCS = ["A qubit is the basic unit of quantum information.", "Cats and dogs are the most common household pets."]
@@ -30,96 +28,7 @@ def test_document_vectors_are_fp16_exact(tiny_model):
     assert prefix.vectors.shape == (2, tiny_model.config.doc_slots, tiny_model.config.proj_dim)
 
 
-def test_untrained_score_is_scaled_cosine_of_pooled_slots(tiny_model):
-    """The zero-initialised head adds nothing: a fresh model ranks like its projected bi-encoder."""
-    with torch.inference_mode():
-        q = tiny_model.encode_queries(tiny_model.tokenize(QUERIES, max_length=16))
-        d = tiny_model.encode_documents(tiny_model.tokenize(DOCS, max_length=32))
-        scores = tiny_model.score_prefixes(q.vectors, q.mask, d.vectors, d.mask)
-        cosine = torch.nn.functional.cosine_similarity(q.vectors[:, -1], d.vectors[:, -1], dim=-1)
-    assert torch.allclose(scores, cosine, atol=1e-5)
-
-
-def test_save_load_round_trip_keeps_fingerprint_and_scores(tiny_model, tmp_path):
-    path = tiny_model.save_pretrained(tmp_path / "m")
-    loaded = DiPairModel.from_pretrained(path)
-    assert loaded.fingerprint() == tiny_model.fingerprint()
-    with torch.inference_mode():
-        assert torch.allclose(loaded(QUERIES, DOCS), tiny_model(QUERIES, DOCS), atol=1e-6)
-
-
-def test_fresh_models_with_same_seed_share_a_fingerprint():
-    assert DiPairModel(tiny_config()).fingerprint() == DiPairModel(tiny_config()).fingerprint()
-    assert DiPairModel(tiny_config(seed=1)).fingerprint() != DiPairModel(tiny_config()).fingerprint()
-
-
-def test_separate_towers(tmp_path):
-    model = DiPairModel(tiny_config(shared_encoder=False))
-    assert model.query_encoder is not model.doc_encoder
-    loaded = DiPairModel.from_pretrained(model.save_pretrained(tmp_path / "two"))
-    assert loaded.fingerprint() == model.fingerprint()
-
-
 def test_head_parameters_exclude_encoders(tiny_model):
     head = {id(p) for p in tiny_model.head_parameters()}
     assert not any(id(p) in head for p in tiny_model.encoders.parameters())
     assert head
-
-
-def test_load_model_rejects_a_folder_that_is_not_a_model(tmp_path):
-    (tmp_path / "junk.txt").write_text("x")
-    with pytest.raises(DiPairError, match="neither a DiPair model folder nor a Hugging Face model folder"):
-        load_model(tmp_path)
-
-
-@pytest.mark.parametrize("layers", [1, 2, 3])
-def test_first_token_head_path_equals_the_full_head(layers):
-    """The inference path that computes only position 0 in the last layer gives the full layers' numbers."""
-    model = DiPairModel(tiny_config(head_layers=layers))
-    torch.nn.init.normal_(model.score_out.weight, std=0.5)  # make the head's output count
-    tokens = torch.randn(5, model.config.query_slots + model.config.doc_slots, model.config.proj_dim)
-    padding = torch.zeros(5, tokens.shape[1], dtype=torch.bool)
-    padding[:, 2:4] = True
-    padding[1, 6:9] = True
-    with torch.inference_mode():
-        fast = model._head_first_token(tokens, padding)
-        full = model.head(tokens, src_key_padding_mask=padding)[:, 0]
-    assert torch.allclose(fast, full, atol=1e-5)
-
-
-@pytest.mark.parametrize("layers", [1, 2])
-def test_shared_query_scoring_equals_the_full_head_on_aligned_pairs(layers):
-    """Scoring Q queries against B documents by ``query_index`` gives the plain full head's scores per pair."""
-    model = DiPairModel(tiny_config(head_layers=layers))
-    torch.nn.init.normal_(model.score_out.weight, std=0.5)
-    config, width = model.config, model.config.proj_dim
-    q_vectors = torch.randn(3, config.query_slots, width)
-    d_vectors = torch.randn(7, config.doc_slots, width)
-    q_mask = torch.ones(3, config.query_slots, dtype=torch.bool)
-    q_mask[1, 2:4] = False
-    d_mask = torch.ones(7, config.doc_slots, dtype=torch.bool)
-    d_mask[2, 1:3] = False
-    query_index = torch.tensor([0, 0, 1, 2, 2, 2, 1])
-    with torch.inference_mode():
-        shared = model.score_prefixes(q_vectors, q_mask, d_vectors, d_mask, query_index=query_index)
-        single = model.score_prefixes(q_vectors[:1], q_mask[:1], d_vectors, d_mask)
-        tokens = torch.cat([q_vectors[query_index], d_vectors], dim=1) + model.position.weight + model.segment(
-            torch.cat([torch.zeros(config.query_slots), torch.ones(config.doc_slots)]).long())
-        padding = ~torch.cat([q_mask[query_index], d_mask], dim=1)
-        first = model.head(tokens, src_key_padding_mask=padding)[:, 0]
-        full = model.score_out(model.head_norm(first)).squeeze(-1) + model.similarity_scale * torch.cosine_similarity(
-            q_vectors[query_index, -1], d_vectors[:, -1], dim=-1)
-        full_first_query = model.score_prefixes(q_vectors[[0] * 7], q_mask[[0] * 7], d_vectors, d_mask)
-    assert torch.allclose(shared, full, atol=1e-5)
-    assert torch.allclose(single, full_first_query, atol=1e-5)
-
-
-def test_the_shipped_model_keeps_the_fingerprint_it_was_saved_with():
-    """Indexes record the fingerprint; a new config field must not silently invalidate every existing cache."""
-    from safetensors import safe_open
-
-    from dipair_rerank.model.default import SHIPPED_DIR
-    from dipair_rerank.model.modeling import WEIGHTS_NAME
-
-    with safe_open(str(SHIPPED_DIR / WEIGHTS_NAME), framework="pt") as handle:
-        assert load_model(None).fingerprint() == handle.metadata()["fingerprint"]
