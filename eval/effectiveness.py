@@ -85,7 +85,7 @@ def paired_tests(a: dict[str, float], b: dict[str, float], *, draws: int = 10_00
 
 def _biencoder(topics, cands, texts, cache: Path, model_name: str):
     """Bi-encoder run + per-query re-rank latency (query encoding + 100 dot products + sort)."""
-    from dipair_rerank.train.fusion import biencoder_scores, embed, load_biencoder
+    from dipair_rerank.train.teachers.biencoder import biencoder_scores, embed, load_biencoder
 
     run = biencoder_scores(topics, cands, texts, cache_dir=cache, model=model_name)
     docids = list(dict.fromkeys(d for hits in cands.values() for d, _ in hits))
@@ -105,7 +105,8 @@ def _biencoder(topics, cands, texts, cache: Path, model_name: str):
 
 def _splade(topics, cands, texts, cache: Path, path: str):
     """SPLADE run + per-query re-rank latency (query encoding + 100 sparse dot products + sort)."""
-    from dipair_rerank.train.splade import SpladeEncoder, splade_scores, splade_vectors
+    from dipair_rerank.model.lexical import SpladeEncoder
+    from dipair_rerank.train.teachers.splade import splade_scores, splade_vectors
 
     run = splade_scores(topics, cands, texts, model=path, cache_dir=cache)
     encoder = SpladeEncoder(path)
@@ -136,8 +137,8 @@ def index_costs(texts: list[str], scorers: dict[str, str]) -> dict[str, float]:
     indexer runs it) and of each scorer's document side (``scorers``: kind -> model)."""
     from dipair_rerank.encoding import encode_documents
     from dipair_rerank.model import load_model
-    from dipair_rerank.train.fusion import load_biencoder
-    from dipair_rerank.train.splade import SpladeEncoder
+    from dipair_rerank.model.lexical import SpladeEncoder
+    from dipair_rerank.train.teachers.biencoder import load_biencoder
 
     model = load_model(None)
     costs = {"dipair": _index_ms(lambda batch: encode_documents(model, batch, batch_size=32), texts)}
@@ -193,10 +194,10 @@ def _dipair(spec: dict, data: Path, topics, cands, threads: int):
 
 
 def _cross_encoder(path: str, topics, cands, texts, cache: Path, latency_queries: int = 10):
-    from dipair_rerank.train.teacher import _load_cross_encoder, score_candidates
+    from dipair_rerank.train.teachers.scores import load_cross_encoder, score_candidates
 
     run = score_candidates(path, topics, cands, texts, cache_dir=cache)
-    model = _load_cross_encoder(path, device="cpu", max_length=None)
+    model = load_cross_encoder(path, device="cpu", max_length=None)
     latencies = []
     for qid in list(cands)[:latency_queries]:
         pairs = [(topics[qid], texts[d]) for d, _ in cands[qid]]
@@ -244,7 +245,8 @@ def main() -> None:
     import torch
 
     from dipair_rerank.data.corpus import read_corpus
-    from dipair_rerank.train.fusion import PACKAGED_BIENCODER, format_scorers, fuse, parse_scorers
+    from dipair_rerank.train.teachers.biencoder import PACKAGED_BIENCODER
+    from dipair_rerank.train.teachers.fusion import format_scorers, fuse, parse_scorers
 
     torch.set_num_threads(args.threads)
     data = shared_data_dir()

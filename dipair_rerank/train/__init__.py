@@ -1,15 +1,23 @@
-"""Training: teacher scoring (cached), fusion teachers, teacher fine-tuning, losses, and two-stage distillation
-(stage 1 optionally over cached frozen-encoder features)."""
+"""Training: teachers (``teachers/``), losses, and two-stage distillation (stage 1 optionally over cached
+frozen-encoder features), the trainers sharing one epoch loop (``loop.py``)."""
 
 from dipair_rerank.train import losses
 from dipair_rerank.train.cached import CachedStage1Config, split_validation, train_stage1_cached
-from dipair_rerank.train.cross_encoder import TeacherTrainConfig, build_pairs, train_cross_encoder
 from dipair_rerank.train.distill import TrainConfig, read_train_state, train_dipair
 from dipair_rerank.train.features import FeatureStore, extract_features
-from dipair_rerank.train.fusion import fit_weights, fuse, fusion_teacher, parse_scorers, zscore
 from dipair_rerank.train.losses import label_loss, listwise_kl, pointwise_mse
 from dipair_rerank.train.pseudo_queries import cropped_queries
-from dipair_rerank.train.teacher import score_candidates
+from dipair_rerank.train.teachers import (
+    TeacherTrainConfig,
+    build_pairs,
+    fit_weights,
+    fuse,
+    fusion_teacher,
+    parse_scorers,
+    score_candidates,
+    train_cross_encoder,
+    zscore,
+)
 
 __all__ = [
     "CachedStage1Config",

@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dipair_rerank.errors import DiPairError
+from dipair_rerank.model.channels import FIRST_STAGE
 from dipair_rerank.model.modeling import DiPairModel, _masked_mean, top_layer_at_prefix
 from dipair_rerank.train.distill import Example
-from dipair_rerank.model.channels import FIRST_STAGE
 from dipair_rerank.train.features import FeatureStore, encoder_identity, project_features
+from dipair_rerank.train.loop import LoopState, Validation, run_epochs, save_torch
 from dipair_rerank.train.losses import LOSSES, combined_loss
 
 logger = logging.getLogger(__name__)
@@ -399,32 +400,21 @@ def train_stage1_cached(
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     output = Path(output) if output is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch, step, best, best_epoch, best_state = 1, 0, -1.0, 0, model.trainable_state()
+    state = LoopState()
     if output is not None and (output / STATE_NAME).is_file():
         saved = torch.load(output / STATE_NAME, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"], strict=False)
         optimizer.load_state_dict(saved["optimizer"])
-        history = json.loads(saved["history"])
-        start_epoch, step = int(saved["epoch"]) + 1, int(saved["step"])
-        best, best_epoch, best_state = float(saved["best"]), int(saved["best_epoch"]), saved["best_state"]
-        logger.info("resuming stage 1 after epoch %d (best %.4f at epoch %d)", start_epoch - 1, best, best_epoch)
+        state = LoopState.from_dict(saved)
+        logger.info("resuming stage 1 after epoch %d (best %.4f at epoch %d)", state.epoch, state.best,
+                    state.best_epoch)
     teacher_val = teacher_validation(val_packed) if val_packed is not None else float("nan")
-    if not history and config.calibrate_scale:
+    if not state.history and config.calibrate_scale:
         calibrate_similarity_scale(model, train_packed, queries, docs, device, temperature=config.temperature)
-        best_state = model.trainable_state()
-    if val_packed is not None and not history:
-        start = validate(model, val_packed, queries, docs, device, bf16=config.bf16)
-        best = start["val_ndcg10"]
-        history.append({"epoch": 0, **start})
-        logger.info("before training: %s (teacher %.4f)", start, teacher_val)
+    if val_packed is not None:
+        logger.info("teacher's validation nDCG@10: %.4f", teacher_val)
 
-    stale = 0  # epochs since the best, recomputed from history on resume
-    for record in history[1:]:
-        stale = 0 if record["epoch"] == best_epoch else stale + 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        if val_packed is not None and stale >= config.patience:
-            break
+    def run_epoch(epoch: int) -> dict[str, Any]:
         started = time.perf_counter()
         model.train()
         model.encoders.eval()  # frozen and tuned encoder layers run without dropout, as at inference
@@ -444,7 +434,7 @@ def train_stage1_cached(
                     z = z.copy()
                     z[rng.random(len(idx)) < config.drop_first_stage, :, first_stage] = 0.0
                 for param_group in optimizer.param_groups:
-                    param_group["lr"] = param_group["base"] * lr_factor(step)
+                    param_group["lr"] = param_group["base"] * lr_factor(state.step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
                     scores = cached_scores(model, queries, docs, train_packed.q_rows[idx], rows, device, z)
                 mask_t = torch.from_numpy(mask).to(device)
@@ -459,37 +449,32 @@ def train_stage1_cached(
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
-                step += 1
+                state.step += 1
                 losses.append(value)
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
-                                  "seconds": round(time.perf_counter() - started, 1)}
-        if val_packed is not None:
-            record.update(validate(model, val_packed, queries, docs, device, bf16=config.bf16))
-            if record["val_ndcg10"] > best + 1e-6:
-                best, best_epoch, best_state, stale = record["val_ndcg10"], epoch, model.trainable_state(), 0
-            else:
-                stale += 1
-        else:
-            best, best_epoch, best_state = float("nan"), epoch, model.trainable_state()
-        history.append(record)
-        logger.info("stage 1 epoch %d: %s", epoch, record)
-        if output is not None:
-            output.mkdir(parents=True, exist_ok=True)
-            tmp = output / (STATE_NAME + ".tmp")
-            torch.save({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "step": step, "best": best, "best_epoch": best_epoch, "best_state": best_state,
-                        "history": json.dumps(history)}, tmp)
-            tmp.replace(output / STATE_NAME)
-            (output / HISTORY_NAME).write_text(json.dumps({"history": history, "best_epoch": best_epoch,
-                                                           "teacher_val_ndcg10": teacher_val,
-                                                           "config": asdict(config)}, indent=2) + "\n")
-    model.load_state_dict(best_state, strict=False)
+        return {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - started, 1)}
+
+    def save(state: LoopState) -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        save_torch({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), **state.to_dict()},
+                   output / STATE_NAME)
+        (output / HISTORY_NAME).write_text(json.dumps({"history": state.history, "best_epoch": state.best_epoch,
+                                                       "teacher_val_ndcg10": teacher_val,
+                                                       "config": asdict(config)}, indent=2) + "\n")
+
+    validation = None
+    if val_packed is not None:
+        validation = Validation(lambda: validate(model, val_packed, queries, docs, device, bf16=config.bf16),
+                                metric="val_ndcg10", patience=config.patience)
+    run_epochs(state, config.epochs, run_epoch, validation=validation, snapshot=model.trainable_state,
+               save=save if output is not None else None, label="stage 1")
+    model.load_state_dict(state.best_state, strict=False)
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
-    return {"history": history, "best_epoch": best_epoch, "best_val_ndcg10": best, "teacher_val_ndcg10": teacher_val}
+    return {"history": state.history, "best_epoch": state.best_epoch, "best_val_ndcg10": state.best,
+            "teacher_val_ndcg10": teacher_val}
 
 
 __all__ = ["CachedStage1Config", "cached_scores", "doc_feature_layer", "pack", "split_validation", "train_stage1_cached", "validate"]

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,9 +31,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dipair_rerank.data.runs import Run, atomic_write
+from dipair_rerank.data.runs import Run
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model.modeling import CONFIG_NAME, WEIGHTS_NAME, DiPairModel
+from dipair_rerank.train.loop import LoopState, replace_dir, run_epochs, save_model_dir, write_json
 from dipair_rerank.train.losses import LOSSES, combined_loss
 
 logger = logging.getLogger(__name__)
@@ -302,37 +302,15 @@ def checkpoint_name(stage: int, epoch: int) -> str:
     return f"stage{stage}-epoch{epoch}"
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
-def _save_model_dir(model: DiPairModel, final: Path) -> Path:
-    """save_pretrained into a temp folder renamed into place: never a half-written model folder."""
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.train(model.training)  # drop a fingerprint cached before the optimiser changed the weights
-    model.save_pretrained(tmp)
-    return tmp
-
-
-def _write_json(path: Path, values: Mapping[str, Any]) -> None:
-    with atomic_write(path) as handle:
-        json.dump(values, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
 def _save_checkpoint(
     model: DiPairModel, optimizer: torch.optim.Optimizer, output: Path, record: Mapping[str, Any]
 ) -> Path:
     final = output / "checkpoints" / checkpoint_name(record["stage"], record["epoch"])
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _save_model_dir(model, final)
+    tmp = save_model_dir(model, final)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)  # tensors + plain containers: weights_only loads it
-    _write_json(tmp / CHECKPOINT_STATE_NAME, record)
-    _replace_dir(tmp, final)
+    write_json(tmp / CHECKPOINT_STATE_NAME, record)
+    replace_dir(tmp, final)
     return final
 
 
@@ -365,6 +343,54 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Path, device: 
     if not path.is_file():
         raise DiPairError(f"checkpoint {checkpoint} has no {OPTIMIZER_NAME}; cannot resume its stage")
     optimizer.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+
+
+def _train_stage(
+    model: DiPairModel,
+    examples: Sequence[Example],
+    doc_text: Mapping[str, str],
+    config: TrainConfig,
+    state: LoopState,
+    *,
+    stage: int,
+    epochs: int,
+    lr: float,
+    resume: bool,
+    device: torch.device,
+) -> None:
+    """Epochs ``state.epoch + 1`` .. ``epochs`` of one stage, a checkpoint and ``train_state.json`` after each."""
+    output = config.output
+    params = _set_stage(model, stage)
+    optimizer = _optimizer(params, lr, config.weight_decay)
+    if resume:
+        _load_optimizer(optimizer, output / "checkpoints" / checkpoint_name(stage, state.epoch), device)
+
+    def run_epoch(epoch: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        mean_loss, steps = _run_epoch(
+            model, examples, doc_text, optimizer, params, config, stage=stage, epoch=epoch, device=device
+        )
+        state.step += steps
+        seconds = time.perf_counter() - started
+        logger.info("stage %d epoch %d: mean loss %.5f over %d steps (%.1fs)", stage, epoch, mean_loss, steps, seconds)
+        return {"stage": stage, "epoch": epoch, "mean_loss": mean_loss, "steps": steps, "seconds": seconds}
+
+    def save(state: LoopState) -> None:
+        record = state.history[-1]
+        checkpoint = _save_checkpoint(model, optimizer, output, {**record, "global_step": state.step})
+        write_json(
+            output / STATE_NAME,
+            {
+                "stage": stage,
+                "epoch": record["epoch"],
+                "checkpoint": str(checkpoint.relative_to(output)),
+                "global_step": state.step,
+                "history": state.history,
+                "config": config.to_dict(),
+            },
+        )
+
+    run_epochs(state, epochs, run_epoch, save=save)
 
 
 # ----- entry point ------------------------------------------------------------------------------------------
@@ -402,59 +428,34 @@ def train_dipair(
     logger.info("training on %d queries, %d pairs", len(examples), sum(len(e.docids) for e in examples))
     model.to(device)
 
-    state = read_train_state(output)
-    done = (0, 0)
-    history: list[dict[str, Any]] = []
-    global_step = 0
-    if state is not None:
-        done = (int(state["stage"]), int(state["epoch"]))
-        history = list(state.get("history", []))
-        global_step = int(state.get("global_step", 0))
-        _load_weights(model, output / state["checkpoint"])
-        logger.info("resuming after stage %d epoch %d (%s)", done[0], done[1], state["checkpoint"])
+    saved = read_train_state(output)
+    state = LoopState()  # epoch: the last completed epoch of the stage in progress
+    done_stage = 0
+    if saved is not None:
+        done_stage, state.epoch = int(saved["stage"]), int(saved["epoch"])
+        state.history = list(saved.get("history", []))
+        state.step = int(saved.get("global_step", 0))
+        _load_weights(model, output / saved["checkpoint"])
+        logger.info("resuming after stage %d epoch %d (%s)", done_stage, state.epoch, saved["checkpoint"])
 
     stages = ((1, config.stage1_epochs, config.stage1_lr), (2, config.stage2_epochs, config.stage2_lr))
     try:
         for stage, epochs, lr in stages:
-            remaining = [epoch for epoch in range(1, epochs + 1) if (stage, epoch) > done]
-            if not remaining:
+            if stage < done_stage:
                 continue
-            params = _set_stage(model, stage)
-            optimizer = _optimizer(params, lr, config.weight_decay)
-            if done[0] == stage:  # resuming inside this stage: continue its optimiser too
-                _load_optimizer(optimizer, output / "checkpoints" / checkpoint_name(*done), device)
-            for epoch in remaining:
-                started = time.perf_counter()
-                mean_loss, steps = _run_epoch(
-                    model, examples, doc_text, optimizer, params, config, stage=stage, epoch=epoch, device=device
-                )
-                global_step += steps
-                seconds = time.perf_counter() - started
-                logger.info(
-                    "stage %d epoch %d: mean loss %.5f over %d steps (%.1fs)", stage, epoch, mean_loss, steps, seconds
-                )
-                record = {"stage": stage, "epoch": epoch, "mean_loss": mean_loss, "steps": steps, "seconds": seconds}
-                history.append(record)
-                checkpoint = _save_checkpoint(model, optimizer, output, {**record, "global_step": global_step})
-                done = (stage, epoch)
-                _write_json(
-                    output / STATE_NAME,
-                    {
-                        "stage": stage,
-                        "epoch": epoch,
-                        "checkpoint": str(checkpoint.relative_to(output)),
-                        "global_step": global_step,
-                        "history": history,
-                        "config": config.to_dict(),
-                    },
-                )
+            resume = stage == done_stage  # inside this stage: continue its optimiser too
+            if not resume:
+                state.epoch = 0
+            if state.epoch < epochs:
+                _train_stage(model, examples, doc_text, config, state, stage=stage, epochs=epochs, lr=lr,
+                             resume=resume, device=device)
     finally:
         for param in model.parameters():
             param.requires_grad_(True)
         model.eval()
 
     final = output / "model"
-    _replace_dir(_save_model_dir(model, final), final)
+    replace_dir(save_model_dir(model, final), final)
     logger.info("final model saved to %s", final)
     return model
 

@@ -28,6 +28,7 @@ from dipair_rerank.model.config import DiPairConfig
 from dipair_rerank.model.modeling import ENCODER_PREFIX, Prefix, _masked_mean
 from dipair_rerank.train.cached import run_top_layers
 from dipair_rerank.train.features import project_features
+from dipair_rerank.train.loop import LoopState, run_epochs, save_torch
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +85,24 @@ def distill_query_tower(teacher: DiPairModel, student: DiPairModel, queries: Seq
     batches = _layer_inputs(teacher, student, sorted(queries, key=len), first, batch_size, progress)
     optimiser = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * len(batches), pct_start=0.1)
-    losses: list[float] = []
+    state = LoopState()
     path = output / STATE_NAME
     if path.is_file():  # resume after the last finished epoch
         saved = torch.load(path, weights_only=True)
         student.load_state_dict(saved["student"], strict=False)
         optimiser.load_state_dict(saved["optimiser"])
         schedule.load_state_dict(saved["schedule"])
-        losses = list(saved["losses"])
-        logger.info("resuming after epoch %d", len(losses))
+        state.history = [{"epoch": epoch, "loss": loss} for epoch, loss in enumerate(saved["losses"], start=1)]
+        state.epoch = len(state.history)
+        logger.info("resuming after epoch %d", state.epoch)
     order = random.Random(seed)
-    for _ in range(len(losses)):
+    for _ in range(state.epoch):
         order.shuffle(batches)  # replay the finished epochs' shuffles
-    for epoch in range(len(losses), epochs):
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         order.shuffle(batches)
         total = 0.0
-        for hidden, attention, target in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress):
+        for hidden, attention, target in tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=not progress):
             outputs = run_top_layers(tower, hidden, attention, first)
             vectors, mask = project_features(student, "query", outputs, attention, _masked_mean(outputs, attention),
                                              config.query_prefix)
@@ -110,14 +113,18 @@ def distill_query_tower(teacher: DiPairModel, student: DiPairModel, queries: Seq
             optimiser.step()
             schedule.step()
             total += loss.item()
-        losses.append(total / len(batches))
-        logger.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
-        torch.save({"student": student.trainable_state(), "optimiser": optimiser.state_dict(),
-                    "schedule": schedule.state_dict(), "losses": losses}, path)
+        logger.info("epoch %d: loss %.4f", epoch, total / len(batches))
+        return {"epoch": epoch, "loss": total / len(batches)}
+
+    def save(state: LoopState) -> None:
+        save_torch({"student": student.trainable_state(), "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(), "losses": [r["loss"] for r in state.history]}, path)
+
+    run_epochs(state, epochs, run_epoch, save=save)
     student.eval()
     for parameter in student.parameters():
         parameter.requires_grad_(False)
-    return losses
+    return [record["loss"] for record in state.history]
 
 
 def _layer_inputs(teacher: DiPairModel, student: DiPairModel, queries: Sequence[str], first: int, batch_size: int,

@@ -109,7 +109,7 @@ def _prefixed(run: Run, prefix: str) -> Run:
 
 def teacher_pairs(sets: Sequence[TrainSetSpec], build, *, negatives: int, negative_depth: int,
                   seed: int) -> dict[str, list]:
-    """Cross-encoder training pairs of every set (``build`` is ``cross_encoder.build_pairs``), concatenated."""
+    """Cross-encoder training pairs of every set (``build`` is ``teachers.build_pairs``), concatenated."""
     merged: dict[str, list] = {"query": [], "passage": [], "label": []}
     for spec in sets:
         topics = read_topics(spec.topics)
@@ -265,7 +265,7 @@ def channel_values(model, examples, topics: dict[str, str], candidates: Run, tex
     used = {e.qid: candidates[e.qid] for e in examples}
     runs: dict[str, Run] = {FIRST_STAGE: used}
     if LEXICAL in channels:
-        from dipair_rerank.train.splade import splade_scores
+        from dipair_rerank.train.teachers.splade import splade_scores
 
         runs[LEXICAL] = splade_scores(topics, used, texts, model=model.lexical.path, cache_dir=cache_dir)
     q_pooled, d_pooled = (normalised_pooled(queries), normalised_pooled(docs)) if COSINE in channels else (0, 0)
@@ -285,10 +285,16 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     import dataclasses
 
     from dipair_rerank.train import train_dipair
-    from dipair_rerank.train.cached import (CachedStage1Config, doc_feature_layer, query_feature_layer,
-                                            split_validation, train_stage1_cached)
-    from dipair_rerank.train.distill import _replace_dir, _save_model_dir, _write_json, build_examples
+    from dipair_rerank.train.cached import (
+        CachedStage1Config,
+        doc_feature_layer,
+        query_feature_layer,
+        split_validation,
+        train_stage1_cached,
+    )
+    from dipair_rerank.train.distill import build_examples
     from dipair_rerank.train.features import encoder_identity, extract_features
+    from dipair_rerank.train.loop import replace_dir, write_json
 
     output = config.output
     examples = build_examples(topics, candidates, teacher, texts, depth=config.depth, qrels=qrels or None)
@@ -322,7 +328,7 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
                               cache_dir=_cache_dir(args))
     summary = train_stage1_cached(model, train, val, queries, docs, texts, stage1, output=output, group=group,
                                   channels=channels)
-    _write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
+    write_json(output / "stage1-summary.json", {k: v for k, v in summary.items() if k != "history"})
     if config.stage2_epochs > 0:
         keep = {e.qid for e in train}
         train_dipair(model, {q: t for q, t in topics.items() if q in keep},
@@ -332,5 +338,5 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     final = output / "model"
     tmp = final.with_name(final.name + ".tmp")
     model.save_pretrained(tmp, save_encoder=False)  # head + projections (+ tuned query layers as a delta)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     return final

@@ -22,8 +22,9 @@ import numpy as np
 
 from dipair_rerank.model import DiPairConfig, DiPairModel
 from dipair_rerank.train.features import _load, normalised_pooled, text_key
-from dipair_rerank.train.fusion import PACKAGED_BIENCODER, EmbeddingCache, _text_key, load_biencoder
 from dipair_rerank.train.sets import prepared_set_texts
+from dipair_rerank.train.teachers.biencoder import PACKAGED_BIENCODER, EmbeddingCache, load_biencoder
+from dipair_rerank.train.teachers.text_cache import text_hash
 
 logger = logging.getLogger("seed_biencoder_cache")
 
@@ -62,7 +63,7 @@ def main() -> None:
     cache = EmbeddingCache(Path(args.cache), PACKAGED_BIENCODER)
     for texts, vectors in sources:
         for text, vector in zip(texts, vectors, strict=True):
-            cache.vectors.setdefault(_text_key(text), vector.astype(np.float32))
+            cache.vectors.setdefault(text_hash(text), vector.astype(np.float32))
     cache.save()
     logger.info("cache now holds %d embeddings", len(cache.vectors))
 

@@ -24,7 +24,7 @@ LEXICAL=eval/work/lexical
 dipair-rerank fetch-teachers --models splade-tiny all-mpnet-base-v2
 [ -f $LEXICAL/model.safetensors ] || python -c "
 from dipair_rerank.model.lexical import SpladeEncoder
-from dipair_rerank.train.teacher_models import teacher_path
+from dipair_rerank.train.teachers.models import teacher_path
 SpladeEncoder(teacher_path('splade-tiny')).save_pretrained('$LEXICAL')"
 
 # 1. training sets: topics, BM25 top-30 candidates, qrels where they exist (symlinked corpora); 6,000 cropped

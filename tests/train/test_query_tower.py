@@ -1,3 +1,5 @@
+"""Shallow query tower: starts as the teacher without the skipped layers, trains its tuned layers only, resumes."""
+
 import pytest
 import torch
 
@@ -55,3 +57,18 @@ def test_distilling_trains_only_the_tuned_layers_resumes_and_saves_a_loadable_mo
     loaded = DiPairModel.from_folder(student.save_pretrained(tmp_path / "model", save_encoder=False))
     assert len(loaded.query_encoder.encoder.layer) == 2
     assert torch.allclose(loaded.encode_queries(batch).vectors, student.encode_queries(batch).vectors, atol=1e-6)
+
+
+def test_a_killed_distillation_resumed_ends_as_an_uninterrupted_one(tmp_path, killed_after):
+    teacher = _teacher()
+    straight = shallow_student(teacher, [1, 2])
+    losses = distill_query_tower(teacher, straight, QUERIES, tmp_path / "straight", epochs=3, lr=1e-3, batch_size=4,
+                                 progress=False)
+    with killed_after(6):  # during epoch 2 (4 batches an epoch)
+        distill_query_tower(teacher, shallow_student(teacher, [1, 2]), QUERIES, tmp_path / "resumed", epochs=3,
+                            lr=1e-3, batch_size=4, progress=False)
+    assert len(torch.load(tmp_path / "resumed" / STATE_NAME, weights_only=True)["losses"]) == 1
+    resumed = shallow_student(teacher, [1, 2])
+    assert distill_query_tower(teacher, resumed, QUERIES, tmp_path / "resumed", epochs=3, lr=1e-3, batch_size=4,
+                               progress=False) == losses
+    assert all(torch.equal(v, straight.state_dict()[k]) for k, v in resumed.state_dict().items())

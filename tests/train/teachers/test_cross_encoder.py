@@ -4,7 +4,7 @@ import pytest
 
 from dipair_rerank.cli import main
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.train.cross_encoder import build_pairs
+from dipair_rerank.train.teachers.cross_encoder import build_pairs
 from tests.conftest import TINY_DOCS, TINY_QRELS, TINY_TOPICS
 
 

@@ -1,3 +1,5 @@
+"""Two-stage distillation: stage 1 trains the head only, stage 2 the encoders; checkpoints, resume, determinism."""
+
 import json
 
 import pytest

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dipair_rerank.data.runs import Run, sort_hits
 from dipair_rerank.model.lexical import SpladeEncoder
-from dipair_rerank.train.text_cache import text_hash
+from dipair_rerank.train.teachers.text_cache import text_hash
 
 logger = logging.getLogger(__name__)
 

@@ -1,3 +1,5 @@
+"""Distillation losses: pointwise MSE, listwise KL, the label loss, masking of padded candidates."""
+
 import math
 
 import pytest

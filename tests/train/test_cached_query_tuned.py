@@ -5,11 +5,16 @@ import torch
 
 from dipair_rerank.model import DiPairModel
 from dipair_rerank.model.modeling import WEIGHTS_NAME
-from dipair_rerank.train.cached import (CachedStage1Config, query_feature_layer, query_vectors, split_validation,
-                                        train_stage1_cached)
+from dipair_rerank.train.cached import (
+    CachedStage1Config,
+    query_feature_layer,
+    query_vectors,
+    split_validation,
+    train_stage1_cached,
+)
 from dipair_rerank.train.features import extract_features
 from tests.conftest import TINY_DOCS, tiny_config
-from tests.train.test_train_cached import _examples
+from tests.train.test_cached import _examples
 
 
 def _stores(model, tmp_path, examples):

@@ -61,6 +61,40 @@ def test_cached_stage1_trains_head_only_and_resumes(tmp_path):
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]  # epochs 1-2 not repeated
 
 
+def test_interrupted_cached_stage1_resumed_equals_an_uninterrupted_run(tmp_path, killed_after):
+    examples = _examples()
+    train, val = split_validation(examples, 0.25, 0)
+    torch.manual_seed(0)
+    model = DiPairModel(tiny_config())
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    queries = extract_features(model, [e.query for e in examples], tmp_path / "q", side="query", keep=4,
+                               progress=False)
+    docs = extract_features(model, [t for _, t in TINY_DOCS], tmp_path / "d", side="doc", keep=6, progress=False)
+    config = CachedStage1Config(epochs=3, lr=1e-2, queries_per_step=1, sample_candidates=5, patience=5,
+                                warmup_steps=1, progress=False)
+
+    def run(output):
+        model.load_state_dict(initial)
+        return train_stage1_cached(model, train, val, queries, docs, dict(TINY_DOCS), config, output)
+
+    straight = run(tmp_path / "straight")
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with killed_after(len(train) + 1):  # during epoch 2
+        run(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "stage1-cached.pt", weights_only=True)["epoch"] == 1
+    resumed = run(tmp_path / "resumed")
+
+    def without_time(history):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert without_time(resumed["history"]) == without_time(straight["history"])
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    last = [torch.load(tmp_path / name / "stage1-cached.pt", weights_only=True)["model"]
+            for name in ("straight", "resumed")]
+    assert all(torch.equal(v, last[0][k]) for k, v in last[1].items())
+
+
 def test_train_command_cached_stage1(tiny_files, tmp_path, capsys):
     cands = tmp_path / "cands.trec"
     cands.write_text("".join(f"{q} Q0 d{i} {i} {20 - i}.0 bm25\n" for q in TINY_TOPICS for i in range(1, 9)))

@@ -1,3 +1,5 @@
+"""Teacher scores for candidates: cross-encoder scores cached by content and reused, ``run:`` teachers."""
+
 import json
 
 import pytest
@@ -5,7 +7,7 @@ import torch
 
 from dipair_rerank.data.runs import read_run, write_run
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.train.teacher import score_candidates
+from dipair_rerank.train.teachers.scores import score_candidates
 
 TOPICS = {"q1": "quantum qubits", "q2": "pet cats and dogs"}
 DOCS = {

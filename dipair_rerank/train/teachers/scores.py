@@ -107,7 +107,8 @@ class TeacherCache:
             handle.write("\n")
 
 
-def _load_cross_encoder(teacher_spec: str, *, device: str, max_length: int | None):
+def load_cross_encoder(teacher_spec: str, *, device: str = "cpu", max_length: int | None = None):
+    """A sentence-transformers ``CrossEncoder``; a load failure is a one-line error."""
     try:
         from sentence_transformers import CrossEncoder
 
@@ -204,7 +205,7 @@ def score_candidates(
     if todo:
         import torch
 
-        model = _load_cross_encoder(teacher_spec, device=device, max_length=max_length)
+        model = load_cross_encoder(teacher_spec, device=device, max_length=max_length)
         # Longest first: similar lengths share a batch (less padding) and a memory error shows up at once.
         order = sorted(todo, key=lambda k: -(len(topics[todo[k][0]]) + len(doc_text[todo[k][1]])))
         with tqdm(total=len(order), desc="teacher scoring", unit="pair", disable=not progress) as bar:
@@ -228,4 +229,4 @@ def score_candidates(
     return result
 
 
-__all__ = ["RUN_PREFIX", "TeacherCache", "pair_key", "score_candidates", "teacher_identity"]
+__all__ = ["RUN_PREFIX", "TeacherCache", "load_cross_encoder", "pair_key", "score_candidates", "teacher_identity"]

@@ -10,8 +10,8 @@ from dipair_rerank.model.modeling import WEIGHTS_NAME, top_layer_at_prefix
 from dipair_rerank.train.cached import CachedStage1Config, doc_feature_layer, doc_vectors, train_stage1_cached
 from dipair_rerank.train.features import extract_features
 from tests.conftest import TINY_DOCS, tiny_config
-from tests.train.test_query_tuned import train_two_epochs
-from tests.train.test_train_cached import _examples
+from tests.train.test_cached import _examples
+from tests.train.test_cached_query_tuned import train_two_epochs
 
 DOC_TEXTS = [t for _, t in TINY_DOCS]
 

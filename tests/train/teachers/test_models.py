@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.train.teacher_models import TeacherModelSource, fetch_teacher_model, verify_folder
+from dipair_rerank.train.teachers.models import TeacherModelSource, fetch_teacher_model, verify_folder
 
 FILES = {"config.json": b'{"model_type": "bert"}', "model.safetensors": b"weights" * 1000}
 
@@ -68,7 +68,7 @@ def test_fetch_joins_split_archives_in_order(tmp_path):
 
 
 def test_missing_teacher_names_the_fetch_command(tmp_path):
-    from dipair_rerank.train.teacher_models import teacher_path
+    from dipair_rerank.train.teachers.models import teacher_path
 
     with pytest.raises(DiPairError, match="fetch-teachers"):
         teacher_path("splade-tiny", tmp_path)

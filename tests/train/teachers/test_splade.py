@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dipair_rerank.train.fusion import parse_scorers, scorer_runs
-from dipair_rerank.train.splade import SpladeEncoder, splade_scores
+from dipair_rerank.train.teachers.fusion import parse_scorers, scorer_runs
+from dipair_rerank.train.teachers.splade import SpladeEncoder, splade_scores
 from tests.conftest import TINY_DOCS, TINY_TOPICS
 
 

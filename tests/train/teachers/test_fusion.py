@@ -6,7 +6,7 @@ import pytest
 from dipair_rerank.cli import main
 from dipair_rerank.data import read_run
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.train.fusion import fit_weights, fuse, mean_ndcg10, parse_scorers, zscore
+from dipair_rerank.train.teachers.fusion import fit_weights, fuse, mean_ndcg10, parse_scorers, zscore
 from tests.conftest import TINY_QRELS, TINY_TOPICS
 
 
