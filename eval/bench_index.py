@@ -1,8 +1,8 @@
-"""Index-time throughput and search-time memory (issue 4).
+"""Index-time throughput and search-time memory.
 
 1. Prefix-cache build (the document branch in length-sorted batches + shard writing) against the bare encoder
    forward at the same batch size and max length (corpus order, padded per batch), on SciFact and DL19 docs.
-2. Cache build engines (issue 5): one process with 2 torch threads, and Ray with 1 and 2 single-thread workers,
+2. Cache build engines: one process with 2 torch threads, and Ray with 1 and 2 single-thread workers,
    on the same DL19 passages (start-up included: actors load the model, so use enough documents for it to be
    paid once, as in a real build).
 3. Search-process RSS, open time and gather latency with a 10k-document cache vs 1M-document caches

@@ -1,4 +1,4 @@
-"""Re-rank latency, side by side in one process (issue 4): DiPair vs cross-encoders on the same candidates.
+"""Re-rank latency, side by side in one process: DiPair vs cross-encoders on the same candidates.
 
 Per query, after warm-up, with torch threads = --threads (default 2), on the same top-``depth`` candidates of
 the DL19 BM25 run:

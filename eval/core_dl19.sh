@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 2 acceptance path on TREC DL19: index (with --dense), then re-rank the shared BM25 top-100,
+# The core path on TREC DL19: index (with --dense), then re-rank the shared BM25 top-100,
 # BM25 from the index, and FAISS from the index; evaluate each with the official qrels.
 set -euo pipefail
 DATA="${DIPAIR_DATA:-../shared/data}/msmarco-dl19"

@@ -1,4 +1,4 @@
-"""Quality against latency (issues 4, 10): nDCG@10 vs per-query latency on DL19 and SciFact for BM25 alone,
+"""Quality against latency: nDCG@10 vs per-query latency on DL19 and SciFact for BM25 alone,
 BM25 + DiPair and BM25 + a cross-encoder, re-ranking depths 10, 20, 50, 100, with the bi-encoder and the
 teacher as points (from eval/effectiveness.py's table); writes eval/quality_latency.png.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every recorded speed/scale number (issues 4, 5 and 13) in one go, on a quiet machine, after
+# Regenerate every recorded speed/scale number in one go, on a quiet machine, after
 # `python eval/effectiveness.py` has built indexes/eff-scifact and indexes/eff-dl19 with the default model.
 # Each script's output lands in eval/results/*.txt (and .json); eval/README.md and eval/SCALE.md quote them.
 set -euo pipefail

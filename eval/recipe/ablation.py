@@ -1,4 +1,4 @@
-"""The DiPair shape ablation of issue 3, on a validation split of the *training* data (never a test set).
+"""The DiPair shape ablation, on a validation split of the *training* data (never a test set).
 
     HF_HUB_OFFLINE=1 python eval/recipe/ablation.py [--max-train-queries 4000] [--epochs 4]
 

@@ -1,4 +1,4 @@
-"""Distil a shallower query tower from a model's own (issue 11; ``dipair_rerank/train/query_tower.py``) and
+"""Distil a shallower query tower from a model's own (``dipair_rerank/train/query_tower.py``) and
 report, per collection, nDCG@10 of the two models re-ranking BM25's top 100 from the same cached documents, and the
 mean Kendall tau between their scores per query; then the two query towers' encoding time on DL19's queries.
 

@@ -1,9 +1,9 @@
 """Build the training sets of the default model: topics, BM25 candidates and qrels, one folder per set.
 
-Only the data issue 3 allows: SciFact *train* queries and SciFact document titles (pseudo-queries) over the
+Only allowed training data: SciFact *train* queries and SciFact document titles (pseudo-queries) over the
 SciFact corpus; DL21 (graded qrels) and DL22 queries with their shared BM25 runs; MS MARCO dev-subset queries
 against the DL21 + DL22 passage pools (BM25 over a Lucene index of the pools); cropped pseudo-queries from those
-pools' passages (issue 10, lever c). Never SciFact test, never DL19.
+pools' passages. Never SciFact test, never DL19.
 
     python eval/recipe/prepare_train_data.py --work eval/work/train [--depth 30]
 
