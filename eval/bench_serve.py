@@ -11,6 +11,8 @@ Starts the service on 127.0.0.1 (a subprocess, a free port) over a DL19 index, a
   4. the server's RSS before and after --rss-requests docid requests at the highest concurrency (after the docid
      runs, before the text runs);
 then SIGTERM, and the exit status. Every phase is bounded by a request count; the script stops by itself.
+The service runs with an API key (a random one, passed in DIPAIR_API_KEY) and every request carries it, as a
+service beyond loopback would; the bad requests include a missing and a wrong key (401).
 
 Targets (issue 13): concurrency 1 p50 within 2 ms of in-process; concurrency 16 >= 2x the requests/s of
 concurrency 1, p99 <= 10x its p50, zero errors; RSS growth < 50 MB over 10,000 requests.
@@ -29,6 +31,7 @@ import os
 import platform
 import queue
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -48,6 +51,7 @@ from dipair_rerank.evaluate.report import format_table, publish_report
 
 START_TIMEOUT = 600
 IDLE_RECONNECT_S = 4.0  # uvicorn closes a kept-alive connection idle for 5 s: a client must not reuse it
+API_KEY = secrets.token_urlsafe(24)  # the service's key for this run (in its environment, not on its command line)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +83,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dipair_rerank.cli", "serve", "--index", index, "--port", "0",
              "--threads", str(threads), *(["--workers", str(workers)] if workers else [])],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "DIPAIR_API_KEY": API_KEY})
         self.lines: queue.Queue = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
@@ -197,8 +201,9 @@ def connect(port: int, timeout: float = 300) -> http.client.HTTPConnection:
     return connection
 
 
-def post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, dict]:
-    connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+def post(connection: http.client.HTTPConnection, path: str, body: bytes, key: str | None = API_KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    connection.request("POST", path, body=body, headers=headers)
     response = connection.getresponse()
     return response.status, json.loads(response.read())
 
@@ -255,9 +260,10 @@ def run_level(port: int, name: str, requests: list[tuple[str, bytes]], count: in
     return level
 
 
-def bad_request_bodies(docid: str) -> list[tuple[str, bytes]]:
-    """(what, body): each must get a 4xx (the service's defaults: --max-documents 1000, 20,000 characters)."""
-    return [
+def bad_request_bodies(docid: str) -> list[tuple[str, bytes, str | None]]:
+    """(what, body, key): each must get a 4xx (the service's defaults: --max-documents 1000, 20,000 characters)."""
+    good = json.dumps({"query": "x", "docids": [docid]}).encode()
+    return [(what, body, API_KEY) for what, body in [
         ("malformed JSON", b'{"query": "x", "docids": ['),
         ("missing query", json.dumps({"docids": [docid]}).encode()),
         ("empty query", json.dumps({"query": " ", "docids": [docid]}).encode()),
@@ -268,15 +274,15 @@ def bad_request_bodies(docid: str) -> list[tuple[str, bytes]]:
         ("document over the size limit", json.dumps({"query": "x", "documents": ["a" * 20001]}).encode()),
         ("unknown docids", json.dumps({"query": "x", "docids": [docid, "no-such-doc"]}).encode()),
         ("negative top_n", json.dumps({"query": "x", "docids": [docid], "top_n": -1}).encode()),
-    ]
+    ]] + [("no API key", good, None), ("wrong API key", good, "not-" + API_KEY)]
 
 
 def bad_requests(port: int, good: bytes, docid: str) -> list[dict[str, object]]:
     """Each bad request, then a good one on the same connection: the service must answer 4xx, then 200."""
     connection = connect(port, timeout=60)
     rows = []
-    for what, body in bad_request_bodies(docid):
-        status, answer = post(connection, "/rerank", body)
+    for what, body, key in bad_request_bodies(docid):
+        status, answer = post(connection, "/rerank", body, key)
         after, _ = post(connection, "/rerank", good)
         rows.append({"bad request": what, "status": status, "error": answer.get("error", answer),
                      "next good request": after})
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     report = [
         f"# bench_serve  {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} cores  server threads {args.threads}  workers {args.workers or 'default'}  "
+        f"{os.cpu_count()} cores  server threads {args.threads}  workers {args.workers or 'default'}  API key on  "
         f"index {args.index}  "
         f"{len(candidates)} DL19 topics x BM25 top-{args.depth}",
         "",

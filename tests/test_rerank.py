@@ -5,7 +5,7 @@ import torch
 
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.model import DiPairModel
-from dipair_rerank.rerank import DiPairReranker
+from dipair_rerank.rerank import DiPairReranker, length_groups
 from tests.conftest import TINY_DOCS, tiny_config
 
 TEXT = dict(TINY_DOCS)
@@ -260,3 +260,26 @@ def test_a_batch_is_encoded_beside_the_caller_and_a_lone_query_at_once(tiny_inde
     assert lone.done() and threads[0].startswith("dipair-encode") and threads[1] == threading.current_thread().name
     one_thread = DiPairReranker.from_index(tiny_index, threads=2, batch_threads=1, query_backend="onnx")
     assert one_thread._beside is None and one_thread.encode_queries_beside(batch).done()
+
+
+# A batch of queries is encoded in groups of similar length (or of equal length, side by side on one-thread
+# sessions): same scores as one query at a time, in order.
+
+def test_length_groups():
+    assert length_groups([3, 4, 3], 1.5) == [[0, 1, 2]]  # one group keeps the input order
+    assert length_groups([10, 3, 4, 15, 6], 1.5) == [[1, 2], [4], [0, 3]]
+    assert length_groups([5], 1.5) == [[0]] and length_groups([], 1.5) == []
+
+
+@pytest.mark.parametrize(("backend", "batch_threads"), [("torch", None), ("onnx", 1), ("onnx", 2)])
+def test_grouped_batch_equals_one_at_a_time(tiny_index, backend, batch_threads):
+    reranker = DiPairReranker.from_index(tiny_index, query_backend=backend, batch_threads=batch_threads)
+    assert getattr(reranker._encode_queries, "runs_tasks", False) == (batch_threads == 2)
+    queries = ["cats and dogs and other household pets kept at home today", "qubits", "interest rate decisions",
+               "plants", "entangled quantum particles in a laboratory experiment"]
+    batched = reranker.encode_queries(queries)
+    for i, query in enumerate(queries):
+        single = reranker.encode_queries([query])
+        assert torch.allclose(batched.vectors[i], single.vectors[0], atol=1e-4)
+        assert torch.equal(batched.mask[i], single.mask[0])
+        assert torch.allclose(batched.pooled[i], single.pooled[0], atol=1e-4)

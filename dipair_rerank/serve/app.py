@@ -1,4 +1,4 @@
-"""The HTTP app over a RerankService: POST /rerank, POST /search, GET /health, and FastAPI's own /docs.
+"""The HTTP app over a RerankService: POST /rerank, POST /search, GET /health, GET /metrics, and FastAPI's /docs.
 
 ``/rerank`` takes the common re-rank API shape (Cohere, Jina, Text Embeddings Inference: ``query``, ``documents``,
 ``top_n``; answers ``results: [{index, relevance_score}]``), so existing re-rank clients can point at it, or
@@ -6,6 +6,9 @@
 
 Every error is one line of JSON, ``{"error": "..."}``, with a 4xx status for the client's mistakes: FastAPI's
 validation errors (a list of dicts per field) are reduced to their first problem, said in words.
+
+With an API key every endpoint but /health needs ``Authorization: Bearer <key>`` (guard.py); every request is
+counted, timed and logged in one line (metrics.py).
 """
 
 from __future__ import annotations
@@ -20,21 +23,23 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, StrictStr, field_validator, model_validator
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dipair_rerank import __version__
 from dipair_rerank.errors import DiPairError
 from dipair_rerank.serve.batching import BatcherStopped
+from dipair_rerank.serve.guard import API_KEY_ENV, BodyLimit, RequireKey, check_api_key
+from dipair_rerank.serve.metrics import Observe, ServeMetrics, configure_access_log
 from dipair_rerank.serve.service import Outcome, RerankJob, RerankService, SearchJob, ServeOptions
 
 logger = logging.getLogger(__name__)
 
 OPTIONS_ENV = "DIPAIR_SERVE_OPTIONS"
-"""ServeOptions as JSON, for the worker processes of ``serve --workers N`` (each builds its own service)."""
+"""ServeOptions as JSON, for the worker processes of ``serve --workers N`` (each builds its own service). The API
+key is not among them: it travels in ``DIPAIR_API_KEY`` (guard.API_KEY_ENV)."""
 
 UNKNOWN_SHOWN = 10  # unknown docids named in an error, at most
 
@@ -120,7 +125,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503)
 }
 
 
@@ -159,54 +164,14 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
     return 422, f"{where}: {message}{more}" if where else f"{message}{more}"
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length before reading, else while reading."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"request body over the limit of {self.max_bytes} bytes"
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await error_response(413, message)(scope, receive, send)
-            return
-        seen = 0
-        started = False
-
-        async def counted() -> Any:
-            nonlocal seen
-            event = await receive()
-            seen += len(event.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLarge
-            return event
-
-        async def watched(event: Any) -> None:
-            nonlocal started
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await error_response(413, message)(scope, receive, send)
-
-
 # ----- the app ------------------------------------------------------------------------------------------------------
-def create_app(service: RerankService) -> FastAPI:
-    """The app over ``service`` (loaded and warmed already); its lifespan starts and stops the batch worker."""
+def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI:
+    """The app over ``service`` (loaded and warmed already); its lifespan starts and stops the batch worker.
+    With ``api_key`` every endpoint but /health answers 401 unless sent ``Authorization: Bearer <api_key>``."""
     options = service.options
+    metrics = ServeMetrics()
+    metrics.set_model(service.manifest.get("model"), service.cache.model_fingerprint)
+    service.observe_batch = metrics.observe_batch
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -219,7 +184,6 @@ def create_app(service: RerankService) -> FastAPI:
     app = FastAPI(title="dipair-rerank", version=__version__, lifespan=lifespan,
                   description="DiPair re-ranking over a Pyserini index: re-rank texts or the index's docids, or "
                   "search (first stage + DiPair). Concurrent requests are micro-batched into one head call.")
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
@@ -231,7 +195,9 @@ def create_app(service: RerankService) -> FastAPI:
 
     async def compute(job: RerankJob | SearchJob) -> Outcome:
         try:
-            return await service.batcher.submit(job)
+            outcome = await service.batcher.submit(job)
+            metrics.observe_queue(outcome.timing_ms["queue"])
+            return outcome
         except BatcherStopped as exc:
             raise HTTPException(503, str(exc)) from exc
         except DiPairError as exc:
@@ -302,6 +268,19 @@ def create_app(service: RerankService) -> FastAPI:
         """The model (fingerprint), the index (documents, codec) and what has been served."""
         return service.health()
 
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    def prometheus_metrics() -> Response:  # a plain def: FastAPI runs it on a thread (multiprocess mode reads files)
+        """Prometheus text format: requests by endpoint and status, latency per request and per stage, batch sizes,
+        the model's fingerprint; with several workers, all of them added up."""
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
+    # added innermost first; a request meets them in the other order: counted and logged (whatever its answer),
+    # refused without the key before its body is read, refused over the body limit before it is parsed
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    if api_key is not None:
+        app.add_middleware(RequireKey, api_key=api_key)
+    app.add_middleware(Observe, metrics=metrics, endpoints=frozenset(route.path for route in app.routes))
     return app
 
 
@@ -310,6 +289,12 @@ def _total(outcome: Outcome, started: float) -> dict[str, float]:
 
 
 def app_from_environment() -> FastAPI:
-    """uvicorn's app factory in each worker process of ``serve --workers N``: options from DIPAIR_SERVE_OPTIONS."""
+    """uvicorn's app factory in each worker process of ``serve --workers N``: options from DIPAIR_SERVE_OPTIONS,
+    the API key (if any) from DIPAIR_API_KEY."""
     options = ServeOptions(**json.loads(os.environ[OPTIONS_ENV]))
-    return create_app(RerankService.from_options(options))
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key is not None:
+        check_api_key(api_key, API_KEY_ENV)
+    if options.access_log:
+        configure_access_log()
+    return create_app(RerankService.from_options(options), api_key=api_key)

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,7 +43,8 @@ class ServeOptions:
         max_document_chars: characters per document text (the model reads its first tokens only; longer texts
             are refused rather than tokenised in full).
         max_query_chars: characters per query.
-        max_body_bytes: request bodies above this are refused before being read.
+        max_body_bytes: request bodies above this are refused (413) before being read whole or parsed (None:
+            ``default_max_body_bytes`` of the limits above, room for the largest request they allow).
         max_wait_ms: how long a busy service's batch waits for more requests.
         max_batch_pairs: candidates in one batch at most: about 10 requests of 100. Why not more: the head's cost
             per pair rises beyond ~1,000 pairs (measured on DL19, one thread: 2.4 ms per 100 pairs at 500, 4.4 at
@@ -52,6 +53,7 @@ class ServeOptions:
         text_batch_size: texts per document-encoder batch.
         heap_slack_mb: how far the C heap may grow past its working size before it is trimmed: RSS stays within
             this band over any number of requests (the re-ranker's batch-run default is 64 MB).
+        access_log: one log line per request (client, method, path, status, milliseconds).
     """
 
     index: str
@@ -62,11 +64,31 @@ class ServeOptions:
     max_documents: int = 1000
     max_document_chars: int = 20_000
     max_query_chars: int = 2_000
-    max_body_bytes: int = 32 * 2**20
+    max_body_bytes: int | None = None
     max_wait_ms: float = 2.0
     max_batch_pairs: int = 1024
     text_batch_size: int = 32
     heap_slack_mb: float = 16.0
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes is None:
+            object.__setattr__(self, "max_body_bytes", default_max_body_bytes(
+                self.max_documents, self.max_document_chars, self.max_query_chars))
+
+
+UTF8_MAX_BYTES = 4  # bytes of one character in UTF-8, at most
+DOCUMENT_JSON_BYTES = 32  # around one document in a body: quotes, comma, {"text": ...}, indentation
+BODY_SLACK_BYTES = 64 * 1024  # the rest: key names, top_n, return_documents, whitespace
+
+
+def default_max_body_bytes(max_documents: int, max_document_chars: int, max_query_chars: int) -> int:
+    """Room for the largest /rerank request the other limits allow, its texts sent as UTF-8: ``max_documents``
+    texts of ``max_document_chars`` characters, 4 bytes each at most (about 76 MiB with the defaults). Non-ASCII
+    texts sent as JSON \\u escapes (6 bytes a character, Python's json.dumps default) fit up to two thirds of
+    those characters."""
+    return (max_documents * (UTF8_MAX_BYTES * max_document_chars + DOCUMENT_JSON_BYTES)
+            + UTF8_MAX_BYTES * max_query_chars + BODY_SLACK_BYTES)
 
 
 @dataclass
@@ -95,6 +117,10 @@ class SearchJob:
         return max(self.k, self.depth)
 
 
+BatchObserver = Callable[[str, int, int, dict[str, float]], None]
+"""Called after each batch call with its kind (docids, texts, search), requests, candidates and stage times (ms)."""
+
+
 class Outcome(NamedTuple):
     """A job's answer: scores in candidate order (rerank) or ranked hits (search), with its batch's timings."""
 
@@ -115,6 +141,7 @@ class RerankService:
         self.batcher: MicroBatcher[RerankJob | SearchJob] = MicroBatcher(
             self._run_batch, max_wait_ms=options.max_wait_ms, size=lambda job: job.size,
             max_size=options.max_batch_pairs, on_exit=_detach_from_jvm)
+        self.observe_batch: BatchObserver | None = None  # told of every batch call (the app's metrics)
 
     @classmethod
     def from_options(cls, options: ServeOptions) -> "RerankService":
@@ -189,10 +216,19 @@ class RerankService:
             started = time.perf_counter()
             values = self._run_group(kind, depth, group)
             shared = {stage: round(sum(ms for ms, _ in entries), 3) for stage, entries in timer.batches.items()}
-            shared["batch"] = round((time.perf_counter() - started) * 1000.0, 3)
+            batch_ms = round((time.perf_counter() - started) * 1000.0, 3)
+            self._observe(kind, group, shared)
+            shared["batch"] = batch_ms
             for position, value in zip(members, values):
                 outcomes[position] = Outcome(value, {"queue": round(queued_ms[position], 3), **shared}, len(group))
         return outcomes  # type: ignore[return-value]  (every position filled above)
+
+    def _observe(self, kind: str, group: list[Any], stage_ms: dict[str, float]) -> None:
+        if self.observe_batch is not None:
+            try:
+                self.observe_batch(kind, len(group), sum(job.size for job in group), stage_ms)
+            except Exception:  # metrics must never fail a batch
+                logger.exception("recording a batch's metrics failed")
 
     def _run_group(self, kind: str, depth: int, jobs: list[Any]) -> list[Any]:
         queries = [job.query for job in jobs]

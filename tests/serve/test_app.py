@@ -178,18 +178,27 @@ def test_describe_validation_error_reports_the_first_problem_only():
 
 
 def test_worker_processes_build_their_app_from_the_environment(tiny_index, monkeypatch):
-    """What each process of ``serve --workers N`` runs: options as JSON in the environment -> a warm app."""
+    """What each process of ``serve --workers N`` runs: options as JSON in the environment -> a warm app; the API key
+    in an environment variable of its own, never in the options."""
     from dataclasses import asdict
 
     from fastapi.testclient import TestClient
 
     from dipair_rerank.serve.app import OPTIONS_ENV, app_from_environment
+    from dipair_rerank.serve.guard import API_KEY_ENV
     from dipair_rerank.serve.service import ServeOptions
 
-    monkeypatch.setenv(OPTIONS_ENV, json.dumps(asdict(ServeOptions(index=str(tiny_index), threads=1))))
+    options = json.dumps(asdict(ServeOptions(index=str(tiny_index), threads=1, access_log=False)))
+    monkeypatch.setenv(OPTIONS_ENV, options)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
     with TestClient(app_from_environment()) as worker:
         assert worker.get("/health").json()["threads"] == 1
         assert worker.post("/rerank", json=GOOD).status_code == 200
+    monkeypatch.setenv(API_KEY_ENV, "worker-key")
+    with TestClient(app_from_environment()) as worker:
+        assert worker.post("/rerank", json=GOOD).status_code == 401
+        assert worker.post("/rerank", json=GOOD, headers={"Authorization": "Bearer worker-key"}).status_code == 200
+    assert "key" not in options
 
 
 def test_warm_up_maps_the_cache_in(service, monkeypatch):
