@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dipair_rerank.cache.codecs import make_codec
+from dipair_rerank.cache.codecs import make_codec, pooled_rows
 from dipair_rerank.cache.writer import CacheWriter, write_json_atomic
 from dipair_rerank.data.sources import CorpusSource, DocumentSource, Span, shard_spans, span_texts
 from dipair_rerank.encoding import encode_documents
@@ -38,6 +38,7 @@ BUILD_STATE = "build.json"
 SOURCE_SCRATCH = "corpus.jsonl"  # a source's working copy in the staging folder (the normalised JSONL corpus)
 LUCENE_BATCH = 4096
 PUBLISH_CLAIM = "publishing.lock"
+POOLED_VALUES_PER_BYTE = 4  # pq: a full-width pooled vector's code (the default model's 384 values in 96 bytes)
 IN_INDEX_MODEL = "model"  # an in-memory model is saved here, inside the index, and the manifest points at it
 
 
@@ -50,8 +51,11 @@ class IndexOptions:
         batch_size: documents per encoder batch.
         shard_rows: documents per cache shard (the unit of resumption).
         threads: Lucene indexing threads and torch threads.
-        codec / pq_m / pq_pooled_bits: cache storage, ``fp16`` (exact), ``int8`` or ``pq`` (``pq_m`` bytes per
-            prefix vector; the model's pooled vector scalar-quantised to ``pq_pooled_bits`` bits per value).
+        codec / pq_m / pq_pooled_values_per_byte / pq_pooled_bits: cache storage, ``fp16`` (exact), ``int8`` or
+            ``pq``: ``pq_m`` bytes per row the head reads; the pooled vector the score reads directly (every row
+            of a full-width one, as one vector) product-quantised at ``pq_pooled_values_per_byte`` values per
+            byte, or when that is 0, scalar-quantised to ``pq_pooled_bits`` bits per value (None: 4 for a
+            pooled vector over several rows, the default model's; 0 for one pooled slot).
         shard_id / num_shards: build only every ``num_shards``-th cache shard starting at ``shard_id`` (split the
             work over processes or machines sharing the folder); the run that completes the set publishes.
         engine / ray_address / workers: ``ray`` encodes shards on a Ray actor pool (``pip install
@@ -66,6 +70,7 @@ class IndexOptions:
     codec: str = "fp16"
     pq_m: int = 8
     pq_pooled_bits: int = 6
+    pq_pooled_values_per_byte: int | None = None
     shard_id: int = 0
     num_shards: int = 1
     engine: str = "local"
@@ -76,13 +81,24 @@ class IndexOptions:
         for name in ("batch_size", "shard_rows", "threads", "pq_m", "num_shards", "workers"):
             if getattr(self, name) < 1:
                 raise DiPairError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.pq_pooled_values_per_byte is not None and self.pq_pooled_values_per_byte < 0:
+            raise DiPairError(f"--pq-pooled-values-per-byte must be 0 or more, got {self.pq_pooled_values_per_byte}")
         if not 0 <= self.shard_id < self.num_shards:
             raise DiPairError(f"--shard-id must be in [0, --num-shards), got {self.shard_id} of {self.num_shards}")
 
     def codec_params(self, model: DiPairModel) -> dict[str, int]:
         if self.codec != "pq":
             return {}
-        return {"m": self.pq_m, "pooled_bits": self.pq_pooled_bits if model.config.pooled_slot else 0}
+        rows = pooled_rows(model.config.to_dict(), model.doc_block_slots)  # what the score reads directly
+        width, per_byte = rows * model.config.proj_dim, self.pq_pooled_values_per_byte
+        if per_byte is None:  # as measured: a full-width vector over several rows PQ'd, one projected slot at sq6
+            per_byte = POOLED_VALUES_PER_BYTE if rows > 1 else 0
+        if rows and per_byte and width % per_byte:
+            raise DiPairError(f"--pq-pooled-values-per-byte {per_byte} does not divide the model's pooled vector "
+                              f"({width} values)")
+        pooled_m = width // per_byte if rows and per_byte else 0
+        return {"m": self.pq_m, "pooled_rows": rows, "pooled_m": pooled_m,
+                "pooled_bits": 0 if pooled_m or not rows else self.pq_pooled_bits}
 
 
 def _check_target(index_dir: Path, source: DocumentSource) -> None:

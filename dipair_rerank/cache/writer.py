@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from dipair_rerank.cache.codecs import CODEC_STATE, Codec, bytes_per_row, load_codec, make_codec, save_codec_state
+from dipair_rerank.cache.codecs import (
+    CODEC_STATE,
+    Codec,
+    bytes_per_row,
+    load_codec,
+    make_codec,
+    save_codec_state,
+    with_pooled_rows,
+)
 from dipair_rerank.cache.docids import ROWS_NAME, SORTED_NAME, write_docid_lookup
 from dipair_rerank.model.lexical import TermWeights, stored_terms
 
@@ -68,7 +76,8 @@ class CacheWriter:
         shard_rows: documents per shard.
         codec / codec_params: how vectors are stored (see cache/codecs.py); a codec that needs training is
             trained on the first shard written (or ``train_codec``) and its state kept in the folder, so a
-            resumed build encodes the rest identically.
+            resumed build encodes the rest identically. pq params that code a pooled part without saying how
+            many rows it spans get ``model_config``'s (``codecs.with_pooled_rows``).
     """
 
     folder: Path
@@ -83,6 +92,8 @@ class CacheWriter:
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.codec_name == "pq":
+            self.codec_params = with_pooled_rows(self.codec_params, self.model_config, self.slots)
         trained = self.codec_name == "fp16" or (self.folder / CODEC_STATE).is_file()
         if trained:
             self.codec: Codec = load_codec(self.codec_name, self.slots, self.dim, self.codec_params, self.folder)

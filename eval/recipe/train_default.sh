@@ -103,3 +103,10 @@ if [ "${SHIP:-1}" = 1 ]; then
   rm -rf dipair_rerank/model/shipped && cp -r $W/$NAME-fit dipair_rerank/model/shipped
   du -sh dipair_rerank/model/shipped
 fi
+
+# 10. the shipped model's cache codecs, against fp16 (indexes/eff-* rebuilt with it first): what `index --codec pq`
+#     builds must stay within 1% nDCG@10 on SciFact test and DL19 at <= 256 B/doc of blocks, or the recipe fails
+#     (eval/README.md, "Cache codecs"; the table lands in eval/results/bench_codecs.*)
+if [ "${SHIP:-1}" = 1 ]; then
+  python eval/bench_codecs.py --codecs fp16 int8 pq --max-loss 1 --max-bytes 256 --threads "${THREADS:-2}"
+fi
