@@ -15,7 +15,8 @@ import numpy as np
 
 from dipair_rerank.data import corpus_fingerprint, read_qrels, read_topics
 from dipair_rerank.data.irds import is_irds
-from dipair_rerank.evaluate import StageTimer, evaluate
+from dipair_rerank.defaults import DEFAULT_COLLECTION, DEFAULT_MEASURES
+from dipair_rerank.evaluate import evaluate
 from dipair_rerank.evaluate.report import format_latency, format_table
 from dipair_rerank.first_stage import RunFileFirstStage
 from dipair_rerank.index_layout import IndexLayout
@@ -24,10 +25,9 @@ from dipair_rerank.model import load_model
 from dipair_rerank.pipeline import DiPairSearcher, open_first_stage
 from dipair_rerank.rerank import DiPairReranker
 from dipair_rerank.search import first_stage_topics, save_run, search_topics
+from dipair_rerank.timing import StageTimer
 
 logger = logging.getLogger(__name__)
-
-from dipair_rerank.defaults import DEFAULT_COLLECTION, DEFAULT_MEASURES
 
 
 @dataclass
