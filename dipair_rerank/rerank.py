@@ -159,6 +159,13 @@ class DiPairReranker:
         self._query_token_ids = query_token_ids(model.tokenizer, model.config.query_max_length)
         self._pad_id = model.tokenizer.pad_token_id or 0
 
+    def close(self) -> None:
+        """End the side threads (a service replacing this re-ranker on reload); the model and the cache's maps go
+        with the last reference."""
+        for pool in (self._beside, self._lexical_side):
+            if pool is not None:
+                pool.shutdown(wait=True)
+
     def _query_graphs(self, backend: str):
         """(query encoder, ONNX head or None for torch's, lexical query encoder or None) for ``backend``."""
         from dipair_rerank.model.onnx_head import OnnxHead, head_exports

@@ -1,4 +1,4 @@
-"""Benchmark ``dipair-rerank serve`` (issue 13) against the in-process re-ranker, side by side in one run.
+"""Benchmark ``dipair-rerank serve`` against the in-process re-ranker, side by side in one run.
 
 Starts the service on 127.0.0.1 (a subprocess, a free port) over a DL19 index, and measures, after warm-up:
   1. POST /rerank with each DL19 topic's BM25 top-100 docids, at concurrency 1, 4 and 16 (closed loop: each
@@ -14,8 +14,8 @@ then SIGTERM, and the exit status. Every phase is bounded by a request count; th
 The service runs with an API key (a random one, passed in DIPAIR_API_KEY) and every request carries it, as a
 service beyond loopback would; the bad requests include a missing and a wrong key (401).
 
-Targets (issue 13): concurrency 1 p50 within 2 ms of in-process; concurrency 16 >= 2x the requests/s of
-concurrency 1, p99 <= 10x its p50, zero errors; RSS growth < 50 MB over 10,000 requests.
+Targets: concurrency 1 p50 within 2 ms of in-process; concurrency 16 >= 2x the requests/s of
+concurrency 1, p99 <= 3x its p50, zero errors; RSS growth < 50 MB over 10,000 requests.
 
     python eval/bench_serve.py                      # indexes/eff-dl19 (eval/effectiveness.py builds it)
     python eval/bench_serve.py --rss-requests 2000  # a shorter memory check
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"concurrency {high} >= 2x the requests/s of concurrency {low}",
          c16["requests/s"] >= 2 * c1["requests/s"], f"{c16['requests/s']:.1f} vs {c1['requests/s']:.1f} "
          f"({c16['requests/s'] / c1['requests/s']:.2f}x)"),
-        (f"concurrency {high} p99 <= 10x its p50", c16["p99 ms"] <= 10 * c16["p50 ms"],
+        (f"concurrency {high} p99 <= 3x its p50", c16["p99 ms"] <= 3 * c16["p50 ms"],
          f"{c16['p99 ms']:.1f} vs {c16['p50 ms']:.1f} ms ({c16['p99 ms'] / c16['p50 ms']:.1f}x)"),
         ("zero errors", sum(r["errors"] for r in rows) + len(memory.errors) == 0,
          f"{sum(r['errors'] for r in rows) + len(memory.errors)} errors"),

@@ -26,6 +26,10 @@ class BM25FirstStage:
         self.searcher = LuceneSearcher(str(Path(lucene_dir).resolve()))  # the JVM keeps its start-up cwd
         self.searcher.set_bm25(k1, b)
 
+    def close(self) -> None:
+        """Close Lucene's reader (its files stay open until then, even once a newer build replaces the folder)."""
+        self.searcher.close()
+
     def retrieve(self, qids: list[str], queries: list[str], k: int, *, query_vectors: np.ndarray | None = None,
                  threads: int = 1) -> list[list[Candidate]]:
         if len(queries) == 1:

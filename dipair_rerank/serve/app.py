@@ -1,4 +1,5 @@
-"""The HTTP app over a RerankService: POST /rerank, POST /search, GET /health, GET /metrics, and FastAPI's /docs.
+"""The HTTP app over a RerankService: POST /rerank, POST /search, GET /health, GET /metrics,
+POST /admin/reload, and FastAPI's /docs.
 
 ``/rerank`` takes the common re-rank API shape (Cohere, Jina, Text Embeddings Inference: ``query``, ``documents``,
 ``top_n``; answers ``results: [{index, relevance_score}]``), so existing re-rank clients can point at it, or
@@ -8,7 +9,8 @@ Every error is one line of JSON, ``{"error": "..."}``, with a 4xx status for the
 validation errors (a list of dicts per field) are reduced to their first problem, said in words.
 
 With an API key every endpoint but /health needs ``Authorization: Bearer <key>`` (guard.py); every request is
-counted, timed and logged in one line (metrics.py).
+counted, timed and logged in one line (metrics.py). The endpoints read the service from a ``LiveService``, which a
+reload swaps whole (reload.py): each request is answered by one build of the index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +36,7 @@ from dipair_rerank.errors import DiPairError
 from dipair_rerank.serve.batching import BatcherStopped
 from dipair_rerank.serve.guard import API_KEY_ENV, BodyLimit, RequireKey, check_api_key
 from dipair_rerank.serve.metrics import Observe, ServeMetrics, configure_access_log
+from dipair_rerank.serve.reload import VERIFY_ENV, Generation, LiveService, ReloadTriggers, configure_event_log
 from dipair_rerank.serve.service import Outcome, RerankJob, RerankService, SearchJob, ServeOptions
 
 logger = logging.getLogger(__name__)
@@ -70,7 +74,7 @@ class RerankRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "RerankRequest":
+    def _one_source(self) -> RerankRequest:
         _check_query(self.query)
         if self.documents is not None and self.docids is not None:
             raise ValueError("give documents or docids, not both")
@@ -85,7 +89,7 @@ class SearchRequest(BaseModel):
     depth: int = Field(100, ge=1, description="first-stage candidates re-ranked by DiPair (the rest follow them)")
 
     @model_validator(mode="after")
-    def _query(self) -> "SearchRequest":
+    def _query(self) -> SearchRequest:
         _check_query(self.query)
         return self
 
@@ -129,6 +133,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ReloadResponse(BaseModel):
+    status: str = Field(description="reloaded (a new build swapped in) or unchanged (the folder's build was loaded)")
+    message: str
+    index_build: str | None = Field(description="the build now served (the manifest's sha256, first 16 digits)")
+    pid: int = Field(description="the worker process that answered")
+
+
 class Answer(JSONResponse):
     """A JSON answer rendered by pydantic-core, several times faster than the json module on a 100-result answer:
     time the event loop spends beside every batch."""
@@ -165,21 +176,33 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
 
 
 # ----- the app ------------------------------------------------------------------------------------------------------
-def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI:
+def create_app(service: RerankService, *, api_key: str | None = None, generation: Generation | None = None
+               ) -> FastAPI:
     """The app over ``service`` (loaded and warmed already); its lifespan starts and stops the batch worker.
-    With ``api_key`` every endpoint but /health answers 401 unless sent ``Authorization: Bearer <api_key>``."""
+    With ``api_key`` every endpoint but /health answers 401 unless sent ``Authorization: Bearer <api_key>``.
+
+    SIGHUP (where the app's event loop runs on the main thread) and POST /admin/reload reload the index in place;
+    ``generation``: this is a worker of ``serve --workers N``, which also reloads when the main process says so."""
     options = service.options
     metrics = ServeMetrics()
-    metrics.set_model(service.manifest.get("model"), service.cache.model_fingerprint)
-    service.observe_batch = metrics.observe_batch
+
+    def adopt(new: RerankService) -> None:
+        metrics.set_model(new.manifest.get("model"), new.cache.model_fingerprint)
+        new.observe_batch = metrics.observe_batch
+
+    adopt(service)
+    live = LiveService(service, adopt=adopt)
+    triggers = ReloadTriggers(live, generation)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start()
+        live.current.start()
+        triggers.start()
         try:
             yield
         finally:
-            service.stop()  # uvicorn has let the requests in flight finish; this finishes anything still queued
+            await triggers.stop()
+            live.current.stop()  # uvicorn has let the requests in flight finish; this finishes anything still queued
 
     app = FastAPI(title="dipair-rerank", version=__version__, lifespan=lifespan,
                   description="DiPair re-ranking over a Pyserini index: re-rank texts or the index's docids, or "
@@ -193,7 +216,7 @@ def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI
     async def _http(_request: Any, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    async def compute(job: RerankJob | SearchJob) -> Outcome:
+    async def compute(service: RerankService, job: RerankJob | SearchJob) -> Outcome:
         try:
             outcome = await service.batcher.submit(job)
             metrics.observe_queue(outcome.timing_ms["queue"])
@@ -214,6 +237,7 @@ def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI
     async def rerank(request: RerankRequest) -> JSONResponse:
         """Score each candidate for the query; results best first (ties by position)."""
         started = time.perf_counter()
+        service = live.current  # one build for the whole request: a reload swaps this reference, never its parts
         check_query(request.query)
         name = "documents" if request.documents is not None else "docids"
         candidates: list[str] = request.documents if request.documents is not None else request.docids  # type: ignore[assignment]
@@ -235,7 +259,7 @@ def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI
                 more = f" and {len(unknown) - UNKNOWN_SHOWN} more" if len(unknown) > UNKNOWN_SHOWN else ""
                 raise HTTPException(422, f"unknown docids (not in the index): {named}{more}")
             job = RerankJob(request.query, docids=candidates)
-        outcome = await compute(job)
+        outcome = await compute(service, job)
         scores: list[float] = outcome.value  # type: ignore[assignment]
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: request.top_n]
         results = []
@@ -258,15 +282,29 @@ def create_app(service: RerankService, *, api_key: str | None = None) -> FastAPI
             if getattr(request, name) > options.max_documents:
                 raise HTTPException(422, f"{name}={getattr(request, name)} is over the limit of "
                                     f"{options.max_documents} (--max-documents)")
-        outcome = await compute(SearchJob(request.query, request.k, request.depth))
+        outcome = await compute(live.current, SearchJob(request.query, request.k, request.depth))
         results = [{"docid": hit.docid, "relevance_score": hit.score} for hit in outcome.value]  # type: ignore[union-attr]
         return Answer({"results": results, "first_stage": options.first_stage,
                              "timing_ms": _total(outcome, started), "batch_size": outcome.batch_size})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """The model (fingerprint), the index (documents, codec) and what has been served."""
-        return service.health()
+        """The model (fingerprint), the index (its build: the manifest's sha256, and when it was published;
+        documents, codec), this worker's pid and what it has served."""
+        return live.current.health()
+
+    @app.post("/admin/reload", response_model=None, responses={200: {"model": ReloadResponse}, 409: {
+        "model": ErrorResponse, "description": "the folder's build could not be loaded; the loaded one is served"},
+        **ERRORS})
+    async def reload() -> JSONResponse:
+        """Serve the build the index folder holds now: loaded aside (checksums verified, warmed), then swapped
+        in; requests are answered throughout, each by one build. A build that cannot be loaded (damaged,
+        incompatible, missing) is refused with 409 and the reason. With several workers, this one reloads
+        before answering and the others follow (GET /health says which build a worker serves)."""
+        outcome = await live.reload("POST /admin/reload")
+        if outcome.ok and generation is not None:
+            generation.ask_main()
+        return Answer(outcome.as_dict(), status_code=200 if outcome.ok else 409)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     def prometheus_metrics() -> Response:  # a plain def: FastAPI runs it on a thread (multiprocess mode reads files)
@@ -290,11 +328,16 @@ def _total(outcome: Outcome, started: float) -> dict[str, float]:
 
 def app_from_environment() -> FastAPI:
     """uvicorn's app factory in each worker process of ``serve --workers N``: options from DIPAIR_SERVE_OPTIONS,
-    the API key (if any) from DIPAIR_API_KEY."""
+    the API key (if any) from DIPAIR_API_KEY. uvicorn listens on the shared socket only once this has returned:
+    a worker (a replacement too) takes no connection before it has loaded and warmed its index."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app handles it: by default SIGHUP ends the process
     options = ServeOptions(**json.loads(os.environ[OPTIONS_ENV]))
     api_key = os.environ.get(API_KEY_ENV)
     if api_key is not None:
         check_api_key(api_key, API_KEY_ENV)
     if options.access_log:
         configure_access_log()
-    return create_app(RerankService.from_options(options), api_key=api_key)
+    configure_event_log()
+    generation = Generation.from_environment()  # read before loading: a later reload count means a later SIGHUP
+    service = RerankService.from_options(options, verify=os.environ.get(VERIFY_ENV) == "1")
+    return create_app(service, api_key=api_key, generation=generation)

@@ -1,7 +1,8 @@
 """RerankService: an index's re-ranker and first stage behind the micro-batcher; what the HTTP app calls.
 
 The batcher's worker thread is the only thread that runs torch, ONNX Runtime or the JVM (Pyserini's searcher) after
-start-up: the event loop validates requests and waits on futures. Requests in one batch are grouped by kind, each
+start-up: the event loop validates requests and waits on futures (a reload loads and warms its new service on a
+helper thread, over objects of its own, before any request reaches them). Requests in one batch are grouped by kind, each
 group one call: docid re-ranks share one query encoding, one gather and one head call; text re-ranks share one
 query encoding, one pass of the document branch and one head call; searches of the same depth share one
 first-stage call and one head call.
@@ -12,21 +13,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.timing import StageTimer
-from dipair_rerank.index_layout import IndexLayout
+from dipair_rerank.index_layout import IndexIdentity, IndexLayout
 from dipair_rerank.pipeline import DiPairSearcher, open_first_stage
 from dipair_rerank.rerank import DiPairReranker, RankedHit
 from dipair_rerank.serve.batching import MicroBatcher
+from dipair_rerank.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
 FIRST_STAGES = ("bm25", "dense")
+LOAD_ATTEMPTS = 3  # loads of an index whose folder was replaced (a build published) while it loaded
+PROBLEMS_SHOWN = 3  # damaged files named in a failed verification, at most
 
 
 @dataclass(frozen=True)
@@ -132,31 +136,65 @@ class Outcome(NamedTuple):
 class RerankService:
     """Serve one index. ``start()`` before submitting jobs, ``stop()`` to finish them and end the worker."""
 
-    def __init__(self, searcher: DiPairSearcher, options: ServeOptions, *, manifest: dict[str, Any] | None = None):
+    def __init__(self, searcher: DiPairSearcher, options: ServeOptions, *, manifest: dict[str, Any] | None = None,
+                 identity: IndexIdentity | None = None):
         self.searcher = searcher
         self.reranker = searcher.reranker
         self.cache = self.reranker.cache
         self.options = options
         self.manifest = manifest or {}
+        self.identity = identity  # the build loaded (None: not read from a folder)
         self.batcher: MicroBatcher[RerankJob | SearchJob] = MicroBatcher(
             self._run_batch, max_wait_ms=options.max_wait_ms, size=lambda job: job.size,
             max_size=options.max_batch_pairs, on_exit=_detach_from_jvm)
         self.observe_batch: BatchObserver | None = None  # told of every batch call (the app's metrics)
 
     @classmethod
-    def from_options(cls, options: ServeOptions) -> "RerankService":
-        """Load the index's model, cache and first stage, and warm every path, before any request is taken."""
+    def from_options(cls, options: ServeOptions, *, verify: bool = False) -> RerankService:
+        """Load the index's model, cache and first stage, and warm every path, before any request is taken.
+
+        Every file the service reads is opened (mapped) here, none later by path: a build published into the
+        folder afterwards (a rename) leaves the loaded one intact. A build published while this loads would mix
+        the two: the folder's identity is compared before and after, and the load repeated on the new build.
+        ``verify``: re-hash the cache's files against the checksums recorded when it was built, refusing a damaged
+        index (a reload's check: about a second per GB)."""
         if options.first_stage not in FIRST_STAGES:
             raise DiPairError(f"unknown first stage {options.first_stage!r} (choose {', '.join(FIRST_STAGES)})")
         layout = IndexLayout(options.index)
+        for _ in range(LOAD_ATTEMPTS):
+            identity = layout.identity()
+            service = cls._open(layout, options, identity, verify)
+            try:
+                current = layout.identity()
+            except DiPairError:
+                current = None  # between the two renames of a publish
+            if current == identity:
+                service.warm_up()
+                return service
+            service.close()
+            logger.warning("the index at %s was replaced while it loaded: loading the new build", options.index)
+        raise DiPairError(f"the index at {options.index} was replaced each of {LOAD_ATTEMPTS} times it was loaded; "
+                          "load it once its builds have finished")
+
+    @classmethod
+    def _open(cls, layout: IndexLayout, options: ServeOptions, identity: IndexIdentity, verify: bool
+              ) -> RerankService:
         manifest = layout.manifest()
         reranker = DiPairReranker.from_index(
             options.index, threads=options.threads, batch_threads=options.batch_threads,
             query_backend=options.query_backend, heap_slack_mb=options.heap_slack_mb)
-        service = cls(DiPairSearcher(reranker, open_first_stage(layout, options.first_stage)), options,
-                      manifest=manifest)
-        service.warm_up()
-        return service
+        try:
+            if verify:
+                problems = reranker.cache.verify()
+                if problems:
+                    more = f" (and {len(problems) - PROBLEMS_SHOWN} more)" if len(problems) > PROBLEMS_SHOWN else ""
+                    named = [problem.replace(f"{layout.root}{os.sep}", "") for problem in problems[:PROBLEMS_SHOWN]]
+                    raise DiPairError(f"the build in the folder is damaged: {'; '.join(named)}{more}")
+            first_stage = open_first_stage(layout, options.first_stage)
+        except BaseException:
+            reranker.close()
+            raise
+        return cls(DiPairSearcher(reranker, first_stage), options, manifest=manifest, identity=identity)
 
     def warm_up(self) -> None:
         """First calls allocate, optimise (ONNX), JIT-compile (the JVM) and fault in cache rows: pay that before the
@@ -177,6 +215,19 @@ class RerankService:
     def stop(self) -> None:
         self.batcher.stop()
 
+    def close(self) -> None:
+        """Stop (the jobs queued are finished first), then release the index: Lucene's reader and the re-ranker's
+        threads; the cache's maps and the model go with the last reference to this service."""
+        self.stop()
+        try:
+            closer = getattr(self.searcher.first_stage, "close", None)
+            if closer is not None:
+                closer()
+            self.reranker.close()
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                _detach_from_jvm()  # a helper thread that called into the JVM (Lucene's close)
+
     # ----- what the app asks ----------------------------------------------------------------------------------
     def unknown_docids(self, docids: Sequence[str]) -> list[str]:
         """The docids not in the index, in request order (read-only lookup: safe beside the worker)."""
@@ -188,6 +239,8 @@ class RerankService:
         return {
             "status": "ok" if self.batcher.running else "stopped",
             "index": str(self.options.index),
+            "index_build": self.identity.build if self.identity else None,
+            "index_published": self.identity.published if self.identity else None,
             "model": self.manifest.get("model"),
             "model_fingerprint": self.cache.model_fingerprint,
             "documents": self.cache.num_docs,
