@@ -59,11 +59,17 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", choices=("fp16", "int8", "pq"), default="fp16",
                    help="cache storage of the blocks (a lexical channel's terms are stored as they are): fp16 "
                    "(exact; slots x d_p x 2 bytes per document, 3072 with the default model), int8 (about half), "
-                   "pq (product quantisation, about a tenth or less with the defaults below); eval/README.md has "
-                   "the quality of each")
-    p.add_argument("--pq-m", type=int, default=8, help="pq: bytes per cached prefix vector (default 8)")
+                   "pq (product quantisation: 168 bytes with the default model and the defaults below, within 1%% "
+                   "nDCG@10 of fp16 on SciFact test and DL19); eval/README.md has the quality of each")
+    p.add_argument("--pq-m", type=int, default=8,
+                   help="pq: bytes per block row the head reads (the prefix vectors; default 8)")
+    p.add_argument("--pq-pooled-values-per-byte", type=int, default=None,
+                   help="pq: the pooled vector the score reads directly is coded as one vector, product-quantised at "
+                   "this many values per byte; 0: scalar-quantised at --pq-pooled-bits. Default: 4 for a vector over "
+                   "several rows (the default model's 384 values in 96 bytes; coded row by row like the prefix it "
+                   "lost 1.5%% nDCG@10 on SciFact), 0 for a model's one projected pooled slot")
     p.add_argument("--pq-pooled-bits", type=int, choices=(4, 6, 8), default=6,
-                   help="pq: bits per value of the pooled vector, which the score reads directly (default 6)")
+                   help="pq, pooled vector scalar-quantised: bits per value (default 6)")
     p.add_argument("--shard-id", type=int, default=0, help="build only this slice of the cache shards ...")
     p.add_argument("--num-shards", type=int, default=1, help="... out of this many (run one per process/machine; "
                    "the run that completes the set publishes the index)")
@@ -82,7 +88,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
               LuceneSource.prebuilt(args.from_prebuilt) if args.from_prebuilt else args.corpus)
     layout = build_index(source, args.index, model=args.model, options=IndexOptions(
         dense=args.dense, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
-        codec=args.codec, pq_m=args.pq_m, pq_pooled_bits=args.pq_pooled_bits, shard_id=args.shard_id,
+        codec=args.codec, pq_m=args.pq_m, pq_pooled_bits=args.pq_pooled_bits,
+        pq_pooled_values_per_byte=args.pq_pooled_values_per_byte, shard_id=args.shard_id,
         num_shards=args.num_shards, engine=args.engine, ray_address=args.ray_address, workers=args.workers))
     if not layout.manifest_path.is_file():
         print(f"wrote cache shards {args.shard_id} (mod {args.num_shards}) of {layout.root}; "
@@ -112,10 +119,23 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                    "'eval' and --candidates read both)")
     p.add_argument("--model", default=None, help="must be the model the index was built with (default: that one)")
     p.add_argument("--batch-size", type=int, default=1, help="queries per encoder/head call (default 1)")
-    p.add_argument("--threads", type=int, default=_threads_default(),
-                   help="torch / ONNX Runtime threads and Lucene batch threads (default: every core, %(default)s here)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / ONNX Runtime threads and Lucene batch threads, per worker with --engine ray "
+                   f"(default: every core, {_threads_default()} here; with --engine ray, the cores / --workers)")
     p.add_argument("--tag", default="dipair", help="run tag, the last column of trec runs (default dipair)")
     p.add_argument("--query-backend", choices=QUERY_BACKENDS, default="auto", help=QUERY_BACKEND_HELP)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: search parts of --part-size topics on Ray actors, each opening the index once (pip "
+                   "install 'dipair-rerank[ray]'); the same run as local (with --batch-size above 1: as local with "
+                   "the workers' --threads, which decide how a batch's queries are grouped). Finished parts are kept "
+                   "in RUN.parts/ until the run is written, so an interrupted search resumes when rerun with the "
+                   "same inputs. --candidates are read a part's queries at a time, never loaded whole. "
+                   "RUN.latency.json holds every worker's timings")
+    p.add_argument("--workers", type=int, default=2, help="ray: actors (one model and index each, --threads each)")
+    p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local one); the "
+                   "index, model and files must be at the same paths on its nodes")
+    p.add_argument("--part-size", type=int, default=32,
+                   help="ray: topics per resumable part (default 32; rounded up to a multiple of --batch-size)")
     p.set_defaults(handler=_cmd_search)
 
 
@@ -125,9 +145,14 @@ def _cmd_search(args: argparse.Namespace) -> None:
     from dipair_rerank.pipeline import DiPairSearcher
     from dipair_rerank.search import save_run, search_topics
 
-    _require_positive(args, "depth", "hits", "batch_size", "threads")
+    if args.threads is None:
+        args.threads = max(1, _threads_default() // args.workers) if args.engine == "ray" else _threads_default()
+    _require_positive(args, "depth", "hits", "batch_size", "threads", "workers", "part_size")
     topics = read_topics(args.topics)
     _check_writable(args.run)
+    if args.engine == "ray":
+        _search_with_ray(args, topics)
+        return
     searcher = DiPairSearcher.from_index(args.index, first_stage=args.first_stage, depth=args.depth,
                                          model=args.model, candidates=args.candidates, threads=args.threads,
                                          query_backend=args.query_backend)
@@ -137,6 +162,23 @@ def _cmd_search(args: argparse.Namespace) -> None:
                     first_stage="run" if args.candidates else args.first_stage, depth=args.depth)
     print(f"wrote {path} ({len(run)} queries)")
     print(format_latency(searcher.timer.summary()), end="")
+
+
+def _search_with_ray(args: argparse.Namespace, topics: dict[str, str]) -> None:
+    from dipair_rerank.engines.ray_search import search_with_ray
+    from dipair_rerank.evaluate import format_latency
+    from dipair_rerank.search_parts import SearchOptions
+
+    options = SearchOptions(
+        index=args.index, first_stage=args.first_stage, depth=args.depth, hits=args.hits, model=args.model,
+        candidates=args.candidates, batch_size=args.batch_size, threads=args.threads,
+        query_backend=args.query_backend, output_format=args.output_format, tag=args.tag, part_size=args.part_size)
+    report = search_with_ray(topics, args.run, options, workers=args.workers, address=args.ray_address)
+    resumed = f"; {report.resumed_parts} of {report.parts} parts resumed" if report.resumed_parts else ""
+    workers = f"{report.workers} worker{'s' if report.workers > 1 else ''}"
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    print(f"wrote {report.run_path} ({report.queries} queries; Ray, {workers} x {threads}{resumed})")
+    print(format_latency(report.timer.summary()), end="")
 
 
 def _check_writable(path: str) -> None:
@@ -280,8 +322,9 @@ def _add_teacher_scores(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
     p.add_argument("--fit-qrels", default=None, help="fit the weights on these qrels (writes OUTPUT.fit.json)")
     p.add_argument("--grid-step", type=float, default=0.05, help="weight grid step for --fit-qrels")
-    p.add_argument("--cache-dir", default="eval/work/embeddings",
-                   help="embedding/score cache, reused by later runs (default %(default)s, under this folder)")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding/score cache, reused by later runs (default $DIPAIR_CACHE/embeddings, i.e. "
+                   "~/.cache/dipair-rerank/embeddings)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=_threads_default(), help="torch threads (default: every core)")
     p.set_defaults(handler=_cmd_teacher_scores)
@@ -293,7 +336,8 @@ def _cmd_teacher_scores(args: argparse.Namespace) -> None:
     import torch
 
     from dipair_rerank.data import read_qrels, read_run, read_topics, write_run
-    from dipair_rerank.train.fusion import format_scorers, fusion_teacher, parse_scorers, write_fit_report
+    from dipair_rerank.model.onnx_query import cache_dir as user_cache_dir
+    from dipair_rerank.train.teachers.fusion import format_scorers, fusion_teacher, parse_scorers, write_fit_report
     from dipair_rerank.train.sets import TrainSetSpec, load_texts
 
     _require_positive(args, "depth", "threads")
@@ -303,8 +347,9 @@ def _cmd_teacher_scores(args: argparse.Namespace) -> None:
     candidates = {q: hits[: args.depth] for q, hits in read_run(args.candidates).items() if q in topics}
     texts = load_texts(TrainSetSpec(args.topics, corpus=args.corpus), {d for h in candidates.values() for d, _ in h})
     qrels = read_qrels(args.fit_qrels) if args.fit_qrels else None
+    cache_dir = Path(args.cache_dir) if args.cache_dir else user_cache_dir() / "embeddings"
     run, weights, fitted = fusion_teacher(scorers, topics, candidates, texts, fit_qrels=qrels,
-                                          step=args.grid_step, cache_dir=Path(args.cache_dir), device=args.device)
+                                          step=args.grid_step, cache_dir=cache_dir, device=args.device)
     write_run(run, args.output, tag="fusion", hits=args.depth)
     if fitted is not None:
         write_fit_report(Path(f"{args.output}.fit.json"), scorers, weights, fitted, len(run))
@@ -329,7 +374,7 @@ def _add_fetch_teachers(sub: argparse._SubParsersAction) -> None:
 def _cmd_fetch_teachers(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dipair_rerank.train.teacher_models import fetch_teacher_models
+    from dipair_rerank.train.teachers.models import fetch_teacher_models
 
     root = Path(args.cache_dir) if args.cache_dir else None
     for name, folder in fetch_teacher_models(args.models, root, force=args.force).items():
@@ -367,7 +412,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> None:
 
     import torch
 
-    from dipair_rerank.train.cross_encoder import TeacherTrainConfig, build_pairs, train_cross_encoder
+    from dipair_rerank.train.teachers.cross_encoder import TeacherTrainConfig, build_pairs, train_cross_encoder
     from dipair_rerank.train.sets import TrainSetSpec, teacher_pairs
 
     torch.set_num_threads(args.threads)
@@ -409,11 +454,15 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="HTTP service: POST /rerank (texts or docids), POST /search, GET /health",
+    p = sub.add_parser("serve", help="HTTP service: POST /rerank (texts or docids), POST /search, GET /health, "
+                       "GET /metrics",
                        description="Serve an index over HTTP (FastAPI + uvicorn; pip install 'dipair-rerank[serve]'). "
                        "The model and cache are loaded and warmed before the port opens; concurrent requests are "
                        "micro-batched into one head call on one worker thread; bad requests get a 4xx with "
-                       "{\"error\": ...}; SIGTERM finishes the requests in flight and exits 0. API docs at /docs.")
+                       "{\"error\": ...}; SIGTERM finishes the requests in flight and exits 0; SIGHUP (or POST "
+                       "/admin/reload) loads the build now in the index folder aside and swaps to it without refusing "
+                       "a request, keeping the loaded one if the new one is damaged; a worker that dies is replaced. "
+                       "API docs at /docs.")
     p.add_argument("--index", required=True, help="index folder built by 'dipair-rerank index'")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, printed)")
@@ -434,29 +483,50 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="how long a busy service's batch may wait for more requests (default 2): it starts as soon "
                    "as the clients its last batch answered are back, and an idle service never waits")
     p.add_argument("--query-backend", choices=QUERY_BACKENDS, default="auto", help=QUERY_BACKEND_HELP)
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (missing or wrong: 401). "
+                   "Prefer the environment variable DIPAIR_API_KEY, used when this is not given: a command-line "
+                   "argument is visible to every user of the machine in ps. Without a key, a --host beyond "
+                   "loopback prints a warning")
+    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                   help="refuse request bodies over N bytes with 413, by Content-Length before reading them and a "
+                   "chunked body as soon as it passes N (default: room for --max-documents texts of "
+                   "--max-document-chars characters in UTF-8, 4 bytes a character at most: about 76 MiB with the "
+                   "defaults; lower it when your documents are short, as a request's body is held whole in memory "
+                   "before it is parsed)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one log line per request on stderr: client, method, path, status, milliseconds (default "
+                   "on). Request counts and latencies per stage are at GET /metrics (Prometheus text format) "
+                   "either way")
     p.set_defaults(handler=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise DiPairError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): "
                           "pip install 'dipair-rerank[serve]'") from exc
+    from dipair_rerank.serve.guard import resolve_api_key
     from dipair_rerank.serve.server import run_server
     from dipair_rerank.serve.service import ServeOptions
 
     if args.workers is None:
         args.workers = min(2, args.threads)
     _require_positive(args, "workers", "threads", "max_documents", "max_document_chars")
+    if args.max_body_bytes is not None:
+        _require_positive(args, "max_body_bytes")
     if not 0 <= args.port <= 65535 or args.max_wait_ms < 0:
         raise DiPairError("--port must be in 0..65535 and --max-wait-ms at least 0")
+    api_key = resolve_api_key(args.api_key)
     options = ServeOptions(index=args.index, first_stage=args.first_stage, threads=args.threads,
                            query_backend=args.query_backend, max_documents=args.max_documents,
-                           max_document_chars=args.max_document_chars, max_wait_ms=args.max_wait_ms)
+                           max_document_chars=args.max_document_chars, max_wait_ms=args.max_wait_ms,
+                           max_body_bytes=args.max_body_bytes, access_log=args.access_log)
     run_server(options, host=args.host, port=args.port, workers=args.workers,
-               log_level="info" if args.verbose else "warning")
+               log_level="info" if args.verbose else "warning", api_key=api_key)
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,39 @@ def test_gather_across_shards_in_requested_order(tmp_path):
     assert len(cache) == 10 and len(cache.vectors) == 3
 
 
+def test_lexical_dots_across_shards_equal_one_shard(tmp_path):
+    """A many-shard cache computes the queries' term weights once over all its shards' terms; the dot products are
+    those of a one-shard cache holding the same rows (rows without terms included)."""
+    from dipair_rerank.model.lexical import LexicalQueries
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((23, 3, 5)).astype(np.float16)
+    lexical = []
+    for _ in range(23):
+        terms = np.sort(rng.choice(500, int(rng.integers(0, 6)), replace=False)).astype(np.uint16)
+        lexical.append((terms, rng.random(len(terms)).astype(np.float16)))
+    caches = []
+    for shard_rows in (4, 100):
+        folder = tmp_path / str(shard_rows)
+        writer = CacheWriter(folder, model_fingerprint="abc", model_config={}, slots=3, dim=5, shard_rows=shard_rows)
+        for shard, start in enumerate(range(0, 23, shard_rows)):
+            stop = start + shard_rows
+            writer.write_shard(shard, vectors[start:stop], np.ones(len(vectors[start:stop]), np.uint16),
+                               lexical[start:stop])
+        writer.finish([f"doc{i}" for i in range(23)])
+        caches.append(PrefixCache(folder))
+    # query q weighs term t as (q + 1) * sqrt(t + 1)
+    queries = LexicalQueries(np.array([[[1.0]], [[2.0]]]), np.ones((2, 1)),
+                             lambda states, mask, terms: states[:, 0, :1] * np.sqrt(terms + 1.0)[None, :])
+    rows, owner = np.array([22, 0, 5, 5, 13, 3, 9, 17]), np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    many, one = (cache.lexical_dots(rows, owner, queries) for cache in caches)
+    expected = [(q + 1) * float(np.sqrt(lexical[r][0] + 1.0) @ lexical[r][1].astype(np.float64))
+                for r, q in zip(rows, owner)]
+    assert len(caches[0].vectors) == 6 and many == pytest.approx(one, rel=1e-6)
+    assert one == pytest.approx(expected, rel=1e-3)
+    assert caches[0].lexical_dots(rows[:0], owner[:0], queries).shape == (0,)
+
+
 def test_gather_reuses_its_buffer(tmp_path):
     vectors, _, _ = build(tmp_path, shard_rows=100)
     cache = PrefixCache(tmp_path)
