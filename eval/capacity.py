@@ -1,6 +1,13 @@
-"""Capacity plan (issue 5) from measured numbers: bytes and encoding hours for 8.8M, 1B and 1T documents per
-codec, and how many Ray workers a deadline needs. Reads eval/results/bench_index.json and bench_codecs.json
-(run eval/bench_index.py and eval/bench_codecs.py first); prints Markdown for eval/SCALE.md.
+"""Capacity plan from measured numbers: bytes and encoding hours for 8.8M, 1B and 1T documents per codec, and how
+many Ray workers a deadline needs. Prints Markdown for eval/SCALE.md. Reads:
+
+- eval/results/bench_codecs.json (eval/bench_codecs.py): the blocks' bytes per document in each codec;
+- an index's ``dipair/cache.json`` (default indexes/eff-dl19, MS MARCO passages): the lexical terms' bytes per
+  document, which every codec stores as they are and the shipped model's lexical channel reads;
+- eval/results/effectiveness.json (eval/effectiveness.py): the shipped default model's index time per DL19
+  passage (blocks and lexical terms, 2 threads), the build rate; without it, bench_index.json's cache build rate;
+- eval/results/bench_index.json (eval/bench_index.py): Ray workers' rate relative to one 2-thread process, and
+  their efficiency with 2 workers.
 
     python eval/capacity.py [--deadline-hours 24]
 """
@@ -13,6 +20,7 @@ import math
 from pathlib import Path
 
 SIZES = {"MS MARCO (8.8M)": 8.8e6, "1B": 1e9, "1T": 1e12}
+SHIPPED_ROW = "DiPair default model (shipped)"
 
 
 def human_bytes(n: float) -> str:
@@ -23,34 +31,64 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} EB"
 
 
+def lexical_bytes(cache_json: Path) -> float:
+    """Lexical terms' bytes per document recorded by an index's cache (0 for a model without that channel)."""
+    if not cache_json.is_file():
+        return 0.0
+    meta = json.loads(cache_json.read_text())
+    return float(meta.get("lexical_bytes_per_doc", 0.0)) if meta.get("lexical") else 0.0
+
+
+def shipped_rate(effectiveness: Path) -> float | None:
+    """docs/s of the shipped default model's document branch on DL19 passages, from effectiveness.json."""
+    if not effectiveness.is_file():
+        return None
+    rows = json.loads(effectiveness.read_text()).get("TREC DL19", [])
+    row = next((r for r in rows if r["row"] == SHIPPED_ROW and r.get("index_ms")), None)
+    return None if row is None else 1000.0 / row["index_ms"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="eval/results")
     parser.add_argument("--deadline-hours", type=float, default=24.0)
-    parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq8-p6", "pq4-p6"],
-                        help="bench_codecs.py rows to size (pq8-p6 is what --codec pq builds)")
+    parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq"],
+                        help="bench_codecs.py rows to size (pq: what --codec pq builds)")
+    parser.add_argument("--lexical-cache", default="indexes/eff-dl19/dipair/cache.json",
+                        help="an index's cache.json: its lexical_bytes_per_doc is added to every codec")
     args = parser.parse_args()
-    index = json.loads((Path(args.results) / "bench_index.json").read_text())
-    codecs = json.loads((Path(args.results) / "bench_codecs.json").read_text())["rows"]
-    bytes_per_doc = {row["codec"]: row["bytes/doc"] for row in codecs if row["codec"] in args.codecs}
-    # MS MARCO passages are short (the DL19 rate); SciFact abstracts are long
-    rate = next(r["cache build docs/s"] for r in index["throughput"] if r["corpus"] == "msmarco-dl19")
+    results = Path(args.results)
+    index = json.loads((results / "bench_index.json").read_text())
+    codecs = json.loads((results / "bench_codecs.json").read_text())
+    blocks = {row["codec"]: row["bytes/doc"] for row in codecs["rows"] if row["codec"] in args.codecs}
+    lexical = lexical_bytes(Path(args.lexical_cache))
     engines = index.get("engines") or []
-    per_worker = engines[1]["docs/s"] if len(engines) > 1 else rate / 2
-    efficiency = engines[2]["docs/s"] / (2 * per_worker) if len(engines) > 2 else 1.0  # measured with 2 workers
+    measured = next(r["cache build docs/s"] for r in index["throughput"] if r["corpus"] == "msmarco-dl19")
+    rate = shipped_rate(results / "effectiveness.json")
+    if rate is None:
+        rate, source = measured, f"eval/bench_index.py, {index['date']}"
+    else:
+        source = "the shipped default model's document branch, blocks and lexical terms, eval/effectiveness.py"
+    # one single-thread Ray worker's share of a 2-thread process, and the efficiency of 2 workers, as measured
+    share = engines[1]["docs/s"] / engines[0]["docs/s"] if len(engines) > 1 else 0.5
+    per_worker = rate * share
+    efficiency = engines[2]["docs/s"] / (2 * engines[1]["docs/s"]) if len(engines) > 2 else 1.0
 
-    print(f"Measured on this machine ({index['date']}, {index['threads']} CPU threads): cache build "
-          f"{rate:.0f} docs/s for MS MARCO-length passages; one single-thread Ray worker {per_worker:.0f} docs/s. "
-          "No GPU was lent to this task, so GPU throughput is not measured.\n")
-    print("| corpus | " + " | ".join(f"{c} ({b} B/doc)" for c, b in bytes_per_doc.items()) + " | CPU hours (2 threads) |")
-    print("|---|" + "---|" * (len(bytes_per_doc) + 1))
+    print(f"Build rate: {rate:.0f} docs/s for MS MARCO-length passages with 2 CPU threads ({source}). One "
+          f"single-thread Ray worker: {share:.0%} of that ({per_worker:.0f} docs/s), 2 workers on one machine "
+          f"{efficiency:.0%} efficient each (eval/bench_index.py, {index['date']}). Bytes: the blocks per codec "
+          f"(eval/bench_codecs.py, {codecs['date']}) + {lexical:.0f} B/doc of lexical terms (MS MARCO passages, "
+          f"{args.lexical_cache}), stored as they are by every codec.\n")
+    print("| corpus | " + " | ".join(f"{c} ({b} + {lexical:.0f} B/doc)" for c, b in blocks.items())
+          + " | CPU hours (2 threads) |")
+    print("|---|" + "---:|" * (len(blocks) + 1))
     for name, docs in SIZES.items():
-        sizes = " | ".join(human_bytes(docs * b) for b in bytes_per_doc.values())
+        sizes = " | ".join(human_bytes(docs * (b + lexical)) for b in blocks.values())
         print(f"| {name} | {sizes} | {docs / rate / 3600:,.0f} |")
-    print(f"\nRay workers (1 CPU thread each, {per_worker:.0f} docs/s alone, at the {efficiency:.0%} per-worker "
-          f"efficiency measured with 2 workers on one machine) to encode within {args.deadline_hours:g} hours:\n")
+    print(f"\nRay workers (1 CPU thread each, {per_worker:.0f} docs/s alone, at {efficiency:.0%} per-worker "
+          f"efficiency) to encode within {args.deadline_hours:g} hours:\n")
     print("| corpus | workers |")
-    print("|---|---|")
+    print("|---|---:|")
     for name, docs in SIZES.items():
         print(f"| {name} | {math.ceil(docs / (per_worker * efficiency) / (args.deadline_hours * 3600)):,} |")
 
