@@ -196,7 +196,7 @@ def build_index(index_dir: Path, rows: int, codec: str, source: SourceRows, shar
         "build_seconds": round(shards_s + finish_s, 1)})
     meta = PrefixCache(index_dir / "dipair").meta
     record = {"rows": rows, "codec": codec, "model_fingerprint": source.fingerprint, "source_rows": len(source),
-              "shards": len(spans), "shards_resumed": int(resumed), "shards_s": shards_s,
+              "shard_rows": shard_rows, "shards": len(spans), "shards_resumed": int(resumed), "shards_s": shards_s,
               "finish_s": finish_s, "build_s": shards_s + finish_s,
               "bytes": folder_bytes(index_dir / "dipair"), "bytes_per_doc": meta["bytes_per_doc"],
               "lexical_bytes_per_doc": meta["lexical_bytes_per_doc"], "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -227,6 +227,7 @@ def candidates(query: int, num_docs: int, depth: int, seed: int) -> list[tuple[s
 
 
 STAGES = ("query_encoding", "gather", "head")
+PARTS = ("docid lookup", "gather + decode", "lexical terms")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -245,10 +246,6 @@ def worker(args: argparse.Namespace) -> None:
     from dipair_rerank.model import load_model
     from dipair_rerank.rerank import DiPairReranker
 
-    if args.faiss_threads[0]:
-        import faiss
-
-        faiss.omp_set_num_threads(args.faiss_threads[0])  # the calling thread's setting: gathers run on it
     index_dir = Path(args.worker)
     paths = cache_files(index_dir / "dipair")
     texts = query_texts(shared_data_dir())
@@ -301,6 +298,24 @@ def worker(args: argparse.Namespace) -> None:
             if command.get("cold"):  # hold none of the files' pages: another worker's drop then drops them all
                 drop_cache(reranker.cache, paths)
             reply({"stages": stages, "read_bytes": read})
+        elif name == "parts":  # the cache's own share of a query, each part alone on this thread
+            num_docs = len(reranker.cache)
+            parts = {part: [] for part in PARTS}
+            for query in range(command["start"], command["stop"]):
+                docids = [docid for docid, _ in candidates(query, num_docs, args.depth, args.seed)]
+                lexical = reranker.encode_queries([texts[query % len(texts)]]).lexical
+                start = time.perf_counter()
+                rows = reranker.cache.rows(docids)
+                middle = time.perf_counter()
+                reranker.cache.gather(rows)
+                end = time.perf_counter()
+                parts["docid lookup"].append((middle - start) * 1000)
+                parts["gather + decode"].append((end - middle) * 1000)
+                if lexical is not None:
+                    start = time.perf_counter()
+                    reranker.cache.lexical_dots(rows, np.zeros(len(rows), np.int64), lexical)
+                    parts["lexical terms"].append((time.perf_counter() - start) * 1000)
+            reply({"parts": parts})
         elif name == "memory":
             reply({"memory": memory_mb()})
         elif name == "quit":
@@ -311,11 +326,11 @@ def worker(args: argparse.Namespace) -> None:
 class Worker:
     """One index in its own process (``--worker``), answering one JSON line per command."""
 
-    def __init__(self, label: str, index_dir: Path, args: argparse.Namespace, faiss_threads: int, seed: int):
+    def __init__(self, label: str, index_dir: Path, args: argparse.Namespace):
         self.label, self.index = label, index_dir.name
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(index_dir),
-                   "--threads", str(args.threads), "--depth", str(args.depth), "--seed", str(seed),
-                   "--query-backend", args.query_backend, "--faiss-threads", str(faiss_threads)]
+                   "--threads", str(args.threads), "--depth", str(args.depth), "--seed", str(args.seed),
+                   "--query-backend", args.query_backend]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         cwd=ROOT)
         self.ready = self._read()
@@ -353,6 +368,17 @@ def alternate(workers: list[Worker], start: int, stop: int, chunk: int, **fields
     return results
 
 
+def cache_parts(workers: list[Worker], queries: int) -> dict[str, dict[str, float]]:
+    """p50 ms of the cache's parts of a query (docid lookup, gather with decoding, lexical dot products with the
+    real query terms), each timed alone on the calling thread, over the warm queries' candidates."""
+    parts = {w.label: {part: [] for part in PARTS} for w in workers}
+    for k, first in enumerate(range(0, queries, 50)):
+        for w in (workers if k % 2 == 0 else workers[::-1]):
+            for part, values in w("parts", start=first, stop=min(first + 50, queries))["parts"].items():
+                parts[w.label][part] += values
+    return {label: {part: float(np.median(v)) for part, v in by_part.items() if v} for label, by_part in parts.items()}
+
+
 def summarise(result: dict) -> dict[str, float]:
     stages = {s: np.asarray(v) for s, v in result["stages"].items()}
     total = sum(stages.values())
@@ -365,19 +391,11 @@ def summarise(result: dict) -> dict[str, float]:
             "disk KB per query": float(read.mean() / 1024), "chunk p50 ms": result["chunk_p50"]}
 
 
-def variant_label(index: str, faiss_threads: int) -> str:
-    return index if not faiss_threads else f"{index}, faiss {faiss_threads} thread{'s' * (faiss_threads > 1)}"
-
-
 def measure(args: argparse.Namespace, indexes: dict[str, Path]) -> dict:
     sys.path.insert(0, str(EVAL))
     from bench_latency import busy_core  # the same CPU burner as the latency benchmark's --contention
 
-    workers = []
-    for variant, faiss_threads in enumerate(args.faiss_threads):
-        for name, path in indexes.items():  # another seed per variant: no candidates in common between them
-            workers.append(Worker(variant_label(name, faiss_threads), path, args, faiss_threads,
-                                  args.seed + 1000 * variant))
+    workers = [Worker(name, path, args) for name, path in indexes.items()]
     out: dict = {"model_load_s": {w.label: w.ready["model_load_s"] for w in workers},
                  "query_texts": workers[0].ready["queries"], "load_average": {"start": os.getloadavg()}}
     try:
@@ -393,6 +411,7 @@ def measure(args: argparse.Namespace, indexes: dict[str, Path]) -> dict:
             seconds = 60 + 0.05 * args.warm_queries * len(workers)
             with busy_core(seconds=seconds):
                 phases["warm, one core busy"] = alternate(workers, 0, args.warm_queries, 50)
+        out["parts"] = cache_parts(workers, args.warm_queries)
         phases["first touch"] = alternate(workers, args.warm_queries, args.queries, 250)
         out["after_queries"] = {w.label: w("memory")["memory"] for w in workers}
         out["load_average"]["end"] = os.getloadavg()
@@ -447,7 +466,7 @@ def against(measured: dict, small: str, big: str) -> list[dict[str, str]]:
 def report(args, builds: dict[str, dict], measured: dict) -> str:
     from dipair_rerank.evaluate.report import format_table
 
-    small, big = list(builds)
+    small, *bigs = list(builds)
     lines = [(f"# bench_scale  {time.strftime('%Y-%m-%d %H:%M')}  {cpu_model()}  {os.cpu_count()} cores  "
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB  torch threads "
               f"{args.threads}  query backend {args.query_backend}  depth {args.depth}  codec {args.codec}"),
@@ -457,6 +476,7 @@ def report(args, builds: dict[str, dict], measured: dict) -> str:
     rows = []
     for label, b in builds.items():
         rows.append({"index": label, "docs": f"{b['rows']:,}", "shards": b["shards"],
+                     "rows per shard": f"{b.get('shard_rows', 65536):,}",
                      "GB on disk": b["bytes"] / 1e9, "B/doc in all": round(b["bytes_per_doc_all"]),
                      "blocks B/doc": b["bytes_per_doc"], "lexical B/doc": b["lexical_bytes_per_doc"],
                      "build s": round(b["build_s"], 1) if not b["shards_resumed"] else
@@ -488,10 +508,13 @@ def report(args, builds: dict[str, dict], measured: dict) -> str:
     lines += [(f"Re-rank stage per query (query encoding + gather + head), {args.depth} candidates drawn uniformly "
                "over the index; the indexes in alternating chunks:"),
               format_table(rows, ["phase", "index", "queries", *columns])]
-    for faiss_threads in args.faiss_threads:
-        small_label, big_label = variant_label(small, faiss_threads), variant_label(big, faiss_threads)
-        lines += [f"{big_label} against {small_label}:",
-                  format_table(against(measured, small_label, big_label), ["target", "measured", "met"])]
+    if "parts" in measured:
+        rows = [{"index": label, **{f"{part} p50 ms": ms for part, ms in parts.items()}}
+                for label, parts in measured["parts"].items()]
+        lines += [("The cache's parts of a warm query, each timed alone (100 rows; the lexical dot products with "
+                   "the query's real terms):"), format_table(rows, list(rows[0]))]
+    for big in bigs:
+        lines += [f"{big} against {small}:", format_table(against(measured, small, big), ["target", "measured", "met"])]
     lines.append("cold: before each cold query, madvise(MADV_DONTNEED) over the process's maps of the cache files, "
                  "then posix_fadvise(POSIX_FADV_DONTNEED) over every cache file; warm: an untimed pass over the same "
                  "queries' candidates first; first touch: new candidates, the page cache as the run left it.")
@@ -508,6 +531,8 @@ def main() -> None:
                              "--corpus into WORK/source once)")
     parser.add_argument("--corpus", default=None, help="default: $DIPAIR_DATA/msmarco-dl19/corpus.jsonl")
     parser.add_argument("--shard-rows", type=int, default=65536, help="rows per cache shard (the indexer's default)")
+    parser.add_argument("--more-shard-rows", type=int, nargs="*", default=[],
+                        help="also build and measure the big index in shards of these sizes")
     parser.add_argument("--work", default="eval/work/scale", help="where the indexes are built (git-ignored)")
     parser.add_argument("--queries", type=int, default=10_000, help="distinct queries per index (memory figure)")
     parser.add_argument("--warm-queries", type=int, default=2_000, help="the first queries, timed warm")
@@ -517,9 +542,6 @@ def main() -> None:
     parser.add_argument("--query-backend", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contention", action="store_true", help="also time the warm queries with one core busy")
-    parser.add_argument("--faiss-threads", type=int, nargs="+", default=[0],
-                        help="faiss OpenMP threads in the workers (int8 / pq decode): 0 leaves faiss's default (one "
-                             "per core); several values run each index once per value, side by side")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--json", default="eval/results/bench_scale.json")
     parser.add_argument("--output", default="eval/results/bench_scale.txt", help="the printed report, saved")
@@ -534,21 +556,27 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     label = lambda rows: f"{rows // 1_000_000}M" if rows % 1_000_000 == 0 else f"{rows // 1000}k"
-    indexes = {label(rows): work / f"{label(rows)}-{args.codec}" for rows in (args.small_docs, args.docs)}
+    plan = {label(args.small_docs): (args.small_docs, args.shard_rows, f"{label(args.small_docs)}-{args.codec}"),
+            label(args.docs): (args.docs, args.shard_rows, f"{label(args.docs)}-{args.codec}")}
+    for shard_rows in args.more_shard_rows:  # the big index again, in shards of another size
+        plan[f"{label(args.docs)}, {shard_rows:,}-row shards"] = (args.docs, shard_rows,
+                                                                  f"{label(args.docs)}-{args.codec}-s{shard_rows}")
+    indexes = {name: work / folder for name, (_, _, folder) in plan.items()}
     builds = {}
     source = None
-    for (name, folder), rows in zip(indexes.items(), (args.small_docs, args.docs)):
+    for name, (rows, shard_rows, _) in plan.items():
+        folder = indexes[name]
         record = folder / "build.json"
         if record.is_file() and (folder / "manifest.json").is_file():
             kept = json.loads(record.read_text())
-            if kept["rows"] == rows and kept["codec"] == args.codec:
+            if (kept["rows"], kept["codec"], kept.get("shard_rows", 65536)) == (rows, args.codec, shard_rows):
                 builds[name] = kept  # built before (its fingerprint is checked when the worker opens it)
                 continue
         if source is None:
             corpus = Path(args.corpus or shared_data_dir() / "msmarco-dl19" / "corpus.jsonl")
             source = source_rows(Path(args.source), corpus, work)
-        print(f"building {folder} ({rows:,} rows, {args.codec})", file=sys.stderr)
-        builds[name] = build_index(folder, rows, args.codec, source, args.shard_rows)
+        print(f"building {folder} ({rows:,} rows in shards of {shard_rows:,}, {args.codec})", file=sys.stderr)
+        builds[name] = build_index(folder, rows, args.codec, source, shard_rows)
     if args.build_only:
         print(json.dumps(builds, indent=1))
         return

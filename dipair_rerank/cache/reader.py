@@ -16,7 +16,7 @@ from dipair_rerank.cache.codecs import bytes_per_row, load_codec
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION, LEXICAL_KINDS, shard_kinds
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.model.lexical import LexicalQueries, sparse_dots
+from dipair_rerank.model.lexical import LexicalQueries, TermMatches, finish_dots, match_terms
 
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
 
@@ -75,7 +75,8 @@ class PrefixCache:
                 path = self.folder / f"{shard['stem']}.{kind}.npy"
                 if not path.is_file() or path.stat().st_size != shard[f"{kind}_bytes"]:
                     raise DiPairError(f"cache shard {path} is missing or truncated; rebuild the index")
-                stores[kind].append(_random_access(_load_plain(path)))
+                # a plain array over the map: indexing a np.memmap wraps every result in a memmap (slower per call)
+                stores[kind].append(np.asarray(_random_access(_load_plain(path))))
         self.vectors, self.lengths = stores["vectors"], stores["lengths"]
         self._lexical = [stores[kind] for kind in LEXICAL_KINDS]  # per shard: offsets, terms, weights
         try:
@@ -149,8 +150,8 @@ class PrefixCache:
             order, local, runs = self._shard_runs(rows)
             taken, taken_lengths = self._by_shard_codes[:k], self._by_shard_lengths[:k]
             for shard, start, stop in runs:
-                np.take(self.vectors[shard], local[start:stop], axis=0, out=taken[start:stop])
-                np.take(self.lengths[shard], local[start:stop], out=taken_lengths[start:stop])
+                self.vectors[shard].take(local[start:stop], axis=0, out=taken[start:stop])
+                self.lengths[shard].take(local[start:stop], out=taken_lengths[start:stop])
             codes[order] = taken
             lengths[order] = taken_lengths
         return self.codec.decode(codes), lengths
@@ -170,16 +171,19 @@ class PrefixCache:
     def lexical_dots(self, rows: np.ndarray, owner: np.ndarray, queries: LexicalQueries) -> np.ndarray:
         """Dot products [k] of the stored lexical terms of ``rows`` with their queries (``owner`` [k]: each row's
         query)."""
+        return finish_dots(queries, self.lexical_matches(rows, owner), len(rows))
+
+    def lexical_matches(self, rows: np.ndarray, owner: np.ndarray) -> list[TermMatches]:
+        """The stored terms of ``rows``, read out per query for ``finish_dots`` (which needs no cache)."""
         offsets, terms, weights = self._lexical
         if len(offsets) == 1:
-            return sparse_dots(queries, owner, (offsets[0][rows], offsets[0][rows + 1]), terms[0], weights[0])
-        # the rows' terms copied out of the shards they touch into one CSR, then one sparse_dots over it: the
-        # queries' term weights are computed once, not once per shard
+            return match_terms(owner, (offsets[0][rows], offsets[0][rows + 1]), terms[0], weights[0])
+        # the rows' terms copied out of the shards they touch into one CSR, then matched in one call
         order, local, runs = self._shard_runs(rows)
         pairs = np.stack([local, local + 1], 1).ravel()  # each row's offsets entry and the next: one take per shard
         spans = np.empty(len(pairs), np.int64)
         for shard, start, stop in runs:
-            np.take(offsets[shard], pairs[2 * start : 2 * stop], out=spans[2 * start : 2 * stop])
+            offsets[shard].take(pairs[2 * start : 2 * stop], out=spans[2 * start : 2 * stop])
         begins, counts = spans[0::2], spans[1::2] - spans[0::2]
         bounds = np.cumsum(np.r_[0, counts])  # each row's run in the copy
         positions = np.repeat(begins - bounds[:-1], counts) + np.arange(int(bounds[-1]))  # in its shard's arrays
@@ -187,11 +191,10 @@ class PrefixCache:
         cut = bounds.tolist()
         for shard, start, stop in runs:
             part = slice(cut[start], cut[stop])
-            np.take(terms[shard], positions[part], out=row_terms[part])
-            np.take(weights[shard], positions[part], out=row_weights[part])
-        out = np.empty(len(rows), np.float32)
-        out[order] = sparse_dots(queries, owner[order], (bounds[:-1], bounds[1:]), row_terms, row_weights)
-        return out
+            terms[shard].take(positions[part], out=row_terms[part])
+            weights[shard].take(positions[part], out=row_weights[part])
+        matches = match_terms(owner[order], (bounds[:-1], bounds[1:]), row_terms, row_weights)
+        return [match._replace(rows=order[match.rows]) for match in matches]  # back to the order asked
 
     def lexical_rows(self, shard: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """One shard's stored (term ids, weights) per row, in row order (to re-store them)."""

@@ -59,7 +59,8 @@ class PersistenceMixin:
         return self._fingerprint
 
     def train(self, mode: bool = True) -> Self:
-        self._fingerprint = None  # weights may change
+        if mode or self.training:  # weights may change in training; eval() of an eval model keeps the hash
+            self._fingerprint = None
         return super().train(mode)
 
     def save_pretrained(self, path: str | Path, *, save_encoder: bool = True) -> Path:

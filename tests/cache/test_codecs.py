@@ -180,3 +180,31 @@ def test_index_pq_codes_a_full_width_residual_models_pooled_rows_as_one():
     plain = tiny_config()  # no full-width vector: the blocks are the head's rows, the last the pooled slot
     params = IndexOptions(codec="pq").codec_params(SimpleNamespace(config=plain, doc_block_slots=plain.doc_slots))
     assert params == {"m": 8, "pooled_rows": 1, "pooled_m": 0, "pooled_bits": 6}
+
+
+def test_decoding_runs_faiss_on_the_calling_thread_alone_and_restores_its_threads():
+    """A gather's decode must not wake OpenMP workers (they wait for a core the lexical side thread holds); the
+    setting is the calling thread's own, so another thread's count is left as it was."""
+    import threading
+
+    import faiss
+
+    from dipair_rerank.cache.codecs import on_this_thread
+
+    def other_thread_count() -> int:
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+        other.start()
+        other.join()
+        return seen[0]
+
+    faiss.omp_set_num_threads(2)
+    before = other_thread_count()
+    with on_this_thread():
+        inside = faiss.omp_get_max_threads()
+        beside = other_thread_count()
+    assert inside == 1 and faiss.omp_get_max_threads() == 2 and beside == before
+    codec = make_codec("int8", 5, 16)
+    data = blocks()
+    codec.train(data)
+    assert np.abs(codec.decode(codec.encode(data)) - data).max() < 0.05 and faiss.omp_get_max_threads() == 2

@@ -47,3 +47,15 @@ def test_the_shipped_model_keeps_the_fingerprint_it_was_saved_with():
 
     with safe_open(str(SHIPPED_DIR / WEIGHTS_NAME), framework="pt") as handle:
         assert load_model(None).fingerprint() == handle.metadata()["fingerprint"]
+
+
+def test_eval_keeps_the_fingerprint_and_leaving_training_drops_it():
+    """Opening an index hashes the model once (eval() of an eval model keeps the hash); weights changed while
+    training give a new fingerprint once training ends."""
+    model = DiPairModel(tiny_config()).eval()
+    first = model.fingerprint()
+    assert model.eval()._fingerprint == first
+    model.train()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert model.eval().fingerprint() != first
