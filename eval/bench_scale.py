@@ -8,7 +8,7 @@ package's own ``CacheWriter`` in ``--codec`` (sha256 per shard file, docid looku
 uniformly over the whole index (100 per query, seeded), with made-up first-stage scores, as a candidate run gives
 them. A finished build is reused; an interrupted one resumes from its written shards.
 
-Then one worker process per index, both alive, driven in alternating chunks so that conditions match:
+Then one worker process per index, all alive, driven in alternating chunks so that conditions match:
   1. open: the cache alone (after its files' pages were dropped, then warm) and the re-ranker's construction over
      the index (model loaded before, timed apart); memory (/proc/self/status) before and after.
   2. cold: before each query the cache files' pages are dropped (``madvise(MADV_DONTNEED)`` over the process's
@@ -21,7 +21,12 @@ Then one worker process per index, both alive, driven in alternating chunks so t
 Latency = the re-rank stage as eval/bench_latency.py counts it (query encoding + gather + head, the re-ranker's
 own stage timer), one query per call.
 
+With ``--more-shard-rows`` the big index is also built and measured in shards of those sizes (a query's
+candidates then touch fewer shards); the cache's parts of a warm query (docid lookup, gather with decoding, lexical
+terms) are also timed each alone.
+
     python eval/bench_scale.py --contention            # builds eval/work/scale/{10k,10M}-int8 on first use
+    python eval/bench_scale.py --contention --more-shard-rows 524288   # and 10M-int8-s524288 (41 GB in all)
     python eval/bench_scale.py --build-only            # only the indexes (and their build times)
 """
 

@@ -9,7 +9,10 @@ many Ray workers a deadline needs. Prints Markdown for eval/SCALE.md. Reads:
 - eval/results/bench_index.json (eval/bench_index.py): Ray workers' rate relative to one 2-thread process, and
   their efficiency with 2 workers.
 
-    python eval/capacity.py [--deadline-hours 24]
+Serving machines: how many hold the cache in memory (``--ram-gb`` each for the page cache), the condition for
+warm re-rank latencies (eval/bench_scale.py: a cold gather reads from disk and costs several times a warm one).
+
+    python eval/capacity.py [--deadline-hours 24] [--ram-gb 20]
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="eval/results")
     parser.add_argument("--deadline-hours", type=float, default=24.0)
+    parser.add_argument("--ram-gb", type=float, default=20.0,
+                        help="memory per serving machine left for the cache's pages (default: 20 of a 24 GB machine)")
     parser.add_argument("--codecs", nargs="+", default=["fp16", "int8", "pq"],
                         help="bench_codecs.py rows to size (pq: what --codec pq builds)")
     parser.add_argument("--lexical-cache", default="indexes/eff-dl19/dipair/cache.json",
@@ -91,6 +96,12 @@ def main() -> None:
     print("|---|---:|")
     for name, docs in SIZES.items():
         print(f"| {name} | {math.ceil(docs / (per_worker * efficiency) / (args.deadline_hours * 3600)):,} |")
+    print(f"\nServing machines holding the whole cache in memory ({args.ram_gb:g} GB of page cache each):\n")
+    print("| corpus | " + " | ".join(blocks) + " |")
+    print("|---|" + "---:|" * len(blocks))
+    for name, docs in SIZES.items():
+        print(f"| {name} | " + " | ".join(f"{math.ceil(docs * (b + lexical) / (args.ram_gb * 1e9)):,}"
+                                          for b in blocks.values()) + " |")
 
 
 if __name__ == "__main__":

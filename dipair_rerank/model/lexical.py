@@ -248,5 +248,5 @@ def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence
     return sparse_dots(queries, owner, (offsets[:-1], offsets[1:]), ids, weights)
 
 
-__all__ = ["LexicalQueries", "SpladeEncoder", "TermMatches", "TermWeights", "finish_dots", "lexical_dots", "match_terms",
-           "numpy_projection", "sparse_dots", "stored_terms"]
+__all__ = ["LexicalQueries", "SpladeEncoder", "TermMatches", "TermWeights", "finish_dots", "lexical_dots",
+           "match_terms", "numpy_projection", "sparse_dots", "stored_terms"]

@@ -52,7 +52,7 @@ class PersistenceMixin:
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
-                digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+                digest.update(tensor.detach().contiguous().cpu().numpy())  # its buffer: no copy
             if self.lexical is not None:  # the documents' stored terms are its output
                 digest.update(self.lexical.identity.encode())
             self._fingerprint = digest.hexdigest()
