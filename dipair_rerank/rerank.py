@@ -242,20 +242,23 @@ class DiPairReranker:
     def _gather(self, docids: Sequence[str], queries: Prefix, counts: list[int]
                 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | Future | None]:
         """The candidates' cached blocks and masks, and their lexical dot products with their queries (None for a
-        model without a lexical channel). For a call whose head runs on one thread, the queries' term weights are
-        computed on a side thread while the head runs (a Future): the second core is otherwise idle then. Only the
-        projection goes there, which runs outside the GIL; reading the stored terms stays here, as its many small
-        numpy calls would hold the GIL against this thread's gather (a 10M-document index's candidates touch ~75
-        shards)."""
+        model without a lexical channel). For a call whose head runs on one thread, the dot products are computed
+        on a side thread while the head runs (a Future): the second core is otherwise idle then. From a many-shard
+        cache only the queries' term weights go there (the projection, outside the GIL): reading the stored terms
+        takes a numpy call per shard touched, which would hold the GIL against this thread's gather
+        (docs/design-decisions.md)."""
         with self.timer.time("gather", len(counts)):
             rows = self.cache.rows(docids)
             lexical = None
             if queries.lexical is not None:
-                matches = self.cache.lexical_matches(rows, np.repeat(np.arange(len(counts)), counts))
-                if self._lexical_side is not None and len(rows) <= SMALL_HEAD_CALL:
-                    lexical = self._lexical_side.submit(finish_dots, queries.lexical, matches, len(rows))
+                owner = np.repeat(np.arange(len(counts)), counts)
+                if self._lexical_side is None or len(rows) > SMALL_HEAD_CALL:
+                    lexical = self.cache.lexical_dots(rows, owner, queries.lexical)
+                elif len(self.cache.vectors) == 1:
+                    lexical = self._lexical_side.submit(self.cache.lexical_dots, rows, owner, queries.lexical)
                 else:
-                    lexical = finish_dots(queries.lexical, matches, len(rows))
+                    lexical = self._lexical_side.submit(finish_dots, queries.lexical,
+                                                        self.cache.lexical_matches(rows, owner), len(rows))
             blocks, lengths = self.cache.gather(rows)
             return (*self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None), lexical)
 

@@ -2,7 +2,8 @@
 
 Each revision is checked out once as a git worktree under ``--work`` and runs in its own worker process (its
 package first on ``sys.path``); the workers take turns over chunks of queries, so both see the same machine load.
-Candidates: ``--depth`` rows drawn uniformly over each index (seeded), the same for both revisions; one untimed
+Candidates: ``--depth`` rows drawn uniformly over each index (seeded), the same for both revisions, or with
+``--topics``/``--run`` real queries and their first-stage top ``--depth`` (cycled up to ``--queries``); one untimed
 pass over every query first (page cache and the revisions' first calls warm).
 
     python eval/probes/compare_revisions.py --base fff4df9 --index eval/work/scale/10k-int8 eval/work/scale/10M-int8
@@ -22,7 +23,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker(index: str, queries: int, depth: int, seed: int) -> None:
+def workload(reranker, queries: int, depth: int, seed: int, topics: str | None, run: str | None
+             ) -> tuple[list[str], list[list[str]]]:
+    """Query texts and their candidates: real ones from ``topics``/``run``, else made up over the whole index."""
+    if topics and run:
+        from dipair_rerank.data import read_run, read_topics
+
+        texts, hits = read_topics(topics), read_run(run)
+        qids = [qid for qid in texts if qid in hits]
+        chosen = [qids[i % len(qids)] for i in range(queries)]
+        return [texts[q] for q in chosen], [[docid for docid, _ in hits[q][:depth]] for q in chosen]
+    lookup, rng = reranker.cache.docids, np.random.default_rng(seed)
+    candidates = [[bytes(lookup.sorted[i]).decode() for i in rng.integers(0, len(lookup), depth)]
+                  for _ in range(queries)]
+    return [f"query {i} about blood pressure and heart disease" for i in range(queries)], candidates
+
+
+def worker(index: str, queries: int, depth: int, seed: int, topics: str | None, run: str | None) -> None:
     """Answer each stdin line (a "start stop" range of queries) with the re-rank stage ms of those queries."""
     import dipair_rerank
     from dipair_rerank.rerank import DiPairReranker
@@ -33,10 +50,7 @@ def worker(index: str, queries: int, depth: int, seed: int) -> None:
 
     reranker = DiPairReranker.from_index(index)
     reranker.warm_up()
-    lookup, rng = reranker.cache.docids, np.random.default_rng(seed)
-    candidates = [[bytes(lookup.sorted[i]).decode() for i in rng.integers(0, len(lookup), depth)]
-                  for _ in range(queries)]
-    texts = [f"query {i} about blood pressure and heart disease" for i in range(queries)]
+    texts, candidates = workload(reranker, queries, depth, seed, topics, run)
     for text, docids in zip(texts, candidates):
         reranker.rerank(text, docids)
     print(json.dumps({"ready": True}), flush=True)
@@ -67,13 +81,15 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--topics", default=None, help="real queries (TSV), with --run")
+    parser.add_argument("--run", default=None, help="their candidates (a TREC run)")
     parser.add_argument("--work", default="eval/work", help="where the base revision is checked out (git-ignored)")
     parser.add_argument("--worker", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         tree, index, queries, seed = args.worker
         sys.path.insert(0, tree)
-        return worker(index, int(queries), args.depth, int(seed))
+        return worker(index, int(queries), args.depth, int(seed), args.topics, args.run)
     trees = {f"base {args.base}": checkout(args.base, ROOT / args.work), "working tree": ROOT}
     print(f"# compare_revisions  {time.strftime('%Y-%m-%d %H:%M')}  depth {args.depth}  {args.queries} queries")
     for index in args.index:
@@ -81,6 +97,8 @@ def main() -> None:
         for label, tree in trees.items():
             command = [sys.executable, __file__, "--depth", str(args.depth), "--base", args.base, "--index", index,
                        "--worker", str(tree), index, str(args.queries), str(args.seed)]
+            if args.topics and args.run:
+                command += ["--topics", args.topics, "--run", args.run]
             workers[label] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                               cwd=ROOT)
             json.loads(workers[label].stdout.readline())  # ready: loaded, warmed, every query run once
