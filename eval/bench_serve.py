@@ -54,12 +54,18 @@ IDLE_RECONNECT_S = 4.0  # uvicorn closes a kept-alive connection idle for 5 s: a
 API_KEY = secrets.token_urlsafe(24)  # the service's key for this run (in its environment, not on its command line)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def add_dl19_inputs(parser: argparse.ArgumentParser) -> Path:
+    """--index, --topics and --candidates (DL19's index, queries and BM25 top-100); returns DL19's data folder."""
     data = shared_data_dir() / "msmarco-dl19"
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", default="indexes/eff-dl19", help="a DL19 index (eval/effectiveness.py builds it)")
     parser.add_argument("--topics", default=str(data / "queries.tsv"))
     parser.add_argument("--candidates", default=str(data / "runs" / "bm25.top100.trec"))
+    return data
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = add_dl19_inputs(parser)
     parser.add_argument("--corpus", default=str(data / "corpus.jsonl"), help="texts for the texts variant")
     parser.add_argument("--depth", type=int, default=100, help="candidates per request")
     parser.add_argument("--threads", type=int, default=2, help="server (and in-process) torch threads")

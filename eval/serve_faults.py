@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from bench_serve import Server, connect, post
+from bench_serve import Server, add_dl19_inputs, connect, post
 
-from dipair_rerank.data import read_run, read_topics, shared_data_dir
+from dipair_rerank.data import read_run, read_topics
 from dipair_rerank.evaluate.report import publish_report
 
 WINDOW_S = 10.0  # requests/s measured over this long before the kill and after the replacement answers
@@ -47,11 +47,8 @@ TIMEOUT_S = 300.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    data = shared_data_dir() / "msmarco-dl19"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", default="indexes/eff-dl19", help="a DL19 index (eval/effectiveness.py builds it)")
-    parser.add_argument("--topics", default=str(data / "queries.tsv"))
-    parser.add_argument("--candidates", default=str(data / "runs" / "bm25.top100.trec"))
+    add_dl19_inputs(parser)
     parser.add_argument("--threads", type=int, default=2, help="server threads (2 workers)")
     parser.add_argument("--clients", type=int, default=2, help="client threads")
     parser.add_argument("--work", default="eval/work/faults", help="where the served copy of the index goes")

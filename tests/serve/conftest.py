@@ -112,6 +112,16 @@ def same_scores(a, b, tolerance=TOLERANCE) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= tolerance * (1 + abs(y)) for x, y in zip(a, b))
 
 
+def answers_from(client, requests=REQUESTS):
+    """Each of ``requests`` answered by ``client`` (a TestClient or a live one), as ``answer_scores``."""
+    answers = []
+    for path, body in requests:
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        answers.append(answer_scores(path, response.json()))
+    return answers
+
+
 def expected_answers(service, requests=REQUESTS):
     """Each of ``requests`` answered in-process by ``service`` (its own app; the service is left running)."""
     from fastapi.testclient import TestClient
@@ -119,12 +129,7 @@ def expected_answers(service, requests=REQUESTS):
     from dipair_rerank.serve.app import create_app
 
     with TestClient(create_app(service)) as client:
-        answers = []
-        for path, body in requests:
-            response = client.post(path, json=body)
-            assert response.status_code == 200, response.text
-            answers.append(answer_scores(path, response.json()))
-    return answers
+        return answers_from(client, requests)
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,7 @@ import os
 import pytest
 
 from tests.conftest import TINY_DOCS, write_jsonl
-from tests.serve.conftest import REQUESTS, answer_scores, flip_a_byte, publish, same_scores
-
-
-def _answers(client):
-    answers = []
-    for path, body in REQUESTS:
-        response = client.post(path, json=body)
-        assert response.status_code == 200, response.text
-        answers.append(answer_scores(path, response.json()))
-    return answers
+from tests.serve.conftest import answers_from, flip_a_byte, publish, same_scores
 
 
 def _all_same(answers, expected) -> bool:
@@ -54,7 +45,7 @@ def test_a_published_build_is_served_only_after_a_reload_and_a_damaged_one_never
     with TestClient(create_app(first)) as client:
         health = client.get("/health").json()
         assert health["index_build"] == build_a and health["index_published"]
-        assert _all_same(_answers(client), answers_a)
+        assert _all_same(answers_from(client), answers_a)
         unchanged = client.post("/admin/reload")
         assert unchanged.status_code == 200 and unchanged.json()["status"] == "unchanged"
 
@@ -63,14 +54,14 @@ def test_a_published_build_is_served_only_after_a_reload_and_a_damaged_one_never
         publish(rotated_corpus, served_index, tiny_model_dir)
         build_b = IndexLayout(served_index).identity().build
         assert not (served_index.parent / f".{served_index.name}.old").exists()
-        assert _all_same(_answers(client), answers_a)
+        assert _all_same(answers_from(client), answers_a)
 
         reloaded = client.post("/admin/reload")
         assert reloaded.status_code == 200, reloaded.text
         body = reloaded.json()
         assert body["status"] == "reloaded" and body["index_build"] == build_b and body["pid"] == os.getpid()
         assert f"build {build_a} -> {build_b}" in body["message"]
-        assert _all_same(_answers(client), answers_b)
+        assert _all_same(answers_from(client), answers_b)
         assert client.get("/health").json()["index_build"] == build_b
         assert not first.batcher.running  # the old service was stopped and closed
 
@@ -82,14 +73,14 @@ def test_a_published_build_is_served_only_after_a_reload_and_a_damaged_one_never
         assert refused.status_code == 409
         error = refused.json()["error"]
         assert f"still serving build {build_b}" in error and "checksum mismatch" in error and "\n" not in error
-        assert _all_same(_answers(client), answers_b)
+        assert _all_same(answers_from(client), answers_b)
 
         # no index in the folder (between the two renames of a publish): refused, B kept
         moved = served_index.with_name("moved")
         os.rename(served_index, moved)
         refused = client.post("/admin/reload")
         assert refused.status_code == 409 and "no index at" in refused.json()["error"]
-        assert _all_same(_answers(client), answers_b)
+        assert _all_same(answers_from(client), answers_b)
         assert client.get("/health").json()["index_build"] == build_b
 
     lines = [record.getMessage() for record in caplog.records if record.name == "dipair_rerank.serve.events"]
