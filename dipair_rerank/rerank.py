@@ -24,7 +24,7 @@ from dipair_rerank.index_layout import IndexLayout
 from dipair_rerank.model import DiPairModel, Prefix, load_model
 from dipair_rerank.model.channels import FIRST_STAGE, LEXICAL
 from dipair_rerank.model.default import DEFAULT_MODEL
-from dipair_rerank.model.lexical import finish_dots, lexical_dots
+from dipair_rerank.model.lexical import lexical_dots
 from dipair_rerank.model.tokens import padded_batch, query_token_ids
 from dipair_rerank.texts import RankedText, check_texts, rank_texts, text_inputs
 from dipair_rerank.timing import StageTimer
@@ -243,24 +243,21 @@ class DiPairReranker:
                 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | Future | None]:
         """The candidates' cached blocks and masks, and their lexical dot products with their queries (None for a
         model without a lexical channel). For a call whose head runs on one thread, the dot products are computed
-        on a side thread while the head runs (a Future): the second core is otherwise idle then. From a many-shard
-        cache only the queries' term weights go there (the projection, outside the GIL): reading the stored terms
-        takes a numpy call per shard touched, which would hold the GIL against this thread's gather
-        (docs/design-decisions.md)."""
+        on a side thread while the head runs (a Future): the second core is otherwise idle then. They start after
+        the blocks are gathered: reading stored terms is numpy calls that hold the GIL, which would slow this
+        thread's gather, while the head runs outside it (docs/design-decisions.md)."""
         with self.timer.time("gather", len(counts)):
             rows = self.cache.rows(docids)
+            blocks, lengths = self.cache.gather(rows)
+            d_vectors, d_mask = self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None)
             lexical = None
             if queries.lexical is not None:
-                owner = np.repeat(np.arange(len(counts)), counts)
-                if self._lexical_side is None or len(rows) > SMALL_HEAD_CALL:
-                    lexical = self.cache.lexical_dots(rows, owner, queries.lexical)
-                elif len(self.cache.vectors) == 1:
-                    lexical = self._lexical_side.submit(self.cache.lexical_dots, rows, owner, queries.lexical)
+                args = (rows, np.repeat(np.arange(len(counts)), counts), queries.lexical)
+                if self._lexical_side is not None and len(rows) <= SMALL_HEAD_CALL:
+                    lexical = self._lexical_side.submit(self.cache.lexical_dots, *args)
                 else:
-                    lexical = self._lexical_side.submit(finish_dots, queries.lexical,
-                                                        self.cache.lexical_matches(rows, owner), len(rows))
-            blocks, lengths = self.cache.gather(rows)
-            return (*self.model.document_blocks(blocks, lengths, widen=self._onnx_head is None), lexical)
+                    lexical = self.cache.lexical_dots(*args)
+            return d_vectors, d_mask, lexical
 
     def _head(self, queries: Prefix, counts: list[int], d_vectors: torch.Tensor, d_mask: torch.Tensor, *,
               first_stage: np.ndarray | None, lexical: np.ndarray | Future | None) -> list[float]:

@@ -16,7 +16,7 @@ from dipair_rerank.cache.codecs import bytes_per_row, load_codec
 from dipair_rerank.cache.docids import DocidLookup
 from dipair_rerank.cache.writer import CACHE_CONFIG, FORMAT_VERSION, LEXICAL_KINDS, shard_kinds
 from dipair_rerank.errors import DiPairError
-from dipair_rerank.model.lexical import LexicalQueries, TermMatches, finish_dots, match_terms
+from dipair_rerank.model.lexical import LexicalQueries, sparse_dots
 
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python's mmap names it from 3.13
 
@@ -171,14 +171,11 @@ class PrefixCache:
     def lexical_dots(self, rows: np.ndarray, owner: np.ndarray, queries: LexicalQueries) -> np.ndarray:
         """Dot products [k] of the stored lexical terms of ``rows`` with their queries (``owner`` [k]: each row's
         query)."""
-        return finish_dots(queries, self.lexical_matches(rows, owner), len(rows))
-
-    def lexical_matches(self, rows: np.ndarray, owner: np.ndarray) -> list[TermMatches]:
-        """The stored terms of ``rows``, read out per query for ``finish_dots`` (which needs no cache)."""
         offsets, terms, weights = self._lexical
         if len(offsets) == 1:
-            return match_terms(owner, (offsets[0][rows], offsets[0][rows + 1]), terms[0], weights[0])
-        # the rows' terms copied out of the shards they touch into one CSR, then matched in one call
+            return sparse_dots(queries, owner, (offsets[0][rows], offsets[0][rows + 1]), terms[0], weights[0])
+        # the rows' terms copied out of the shards they touch into one CSR, then one sparse_dots over it: the
+        # queries' term weights are computed once, not once per shard
         order, local, runs = self._shard_runs(rows)
         pairs = np.stack([local, local + 1], 1).ravel()  # each row's offsets entry and the next: one take per shard
         spans = np.empty(len(pairs), np.int64)
@@ -193,8 +190,9 @@ class PrefixCache:
             part = slice(cut[start], cut[stop])
             terms[shard].take(positions[part], out=row_terms[part])
             weights[shard].take(positions[part], out=row_weights[part])
-        matches = match_terms(owner[order], (bounds[:-1], bounds[1:]), row_terms, row_weights)
-        return [match._replace(rows=order[match.rows]) for match in matches]  # back to the order asked
+        out = np.empty(len(rows), np.float32)
+        out[order] = sparse_dots(queries, owner[order], (bounds[:-1], bounds[1:]), row_terms, row_weights)
+        return out
 
     def lexical_rows(self, shard: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """One shard's stored (term ids, weights) per row, in row order (to re-store them)."""

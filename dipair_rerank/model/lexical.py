@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -188,57 +187,33 @@ def stored_terms(rows: Sequence[TermWeights]) -> tuple[np.ndarray, np.ndarray, n
     return offsets, terms, weights
 
 
-class TermMatches(NamedTuple):
-    """One query's candidates' stored terms, read out for their dot products: what is left is the query's weights
-    for ``needed`` (the projection, which runs outside the GIL) and a weighted sum (``finish_dots``)."""
-
-    query: int  # the query's position in the batch
-    rows: np.ndarray  # positions of its candidates among the k rows
-    row_of: np.ndarray  # per stored term: its candidate's index in ``rows``
-    column: np.ndarray  # per stored term: its column in ``needed``
-    weights: np.ndarray  # per stored term: its weight in the document, float32
-    needed: np.ndarray  # the distinct term ids these candidates hold
-
-
-def match_terms(owner: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], terms: np.ndarray,
-                weights: np.ndarray) -> list[TermMatches]:
-    """Per query (``owner`` [k]: each row's query), its rows' stored terms given by their (start, end) ``bounds``
-    over ``terms``/``weights``: one vectorised gather, no per-document Python loop. Each query gets the terms of its
-    own candidates only, not the batch's union, so its weights are computed for those alone."""
-    starts, ends = bounds
-    matches = []
-    for query in np.unique(owner).tolist():
-        mine = np.flatnonzero(owner == query)
-        counts = ends[mine] - starts[mine]
-        total = int(counts.sum())
-        row_of = np.repeat(np.arange(len(mine)), counts)
-        positions = np.repeat(starts[mine] - (np.cumsum(counts) - counts), counts) + np.arange(total)
-        ids = terms[positions].astype(np.int64)
-        present = np.zeros(int(ids.max()) + 1 if total else 0, bool)  # term ids are small: a mask beats np.unique
-        present[ids] = True
-        column = (np.cumsum(present) - 1)[ids]
-        matches.append(TermMatches(query, mine, row_of, column, weights[positions].astype(np.float32),
-                                   np.flatnonzero(present)))
-    return matches
-
-
-def finish_dots(queries: LexicalQueries, matches: list[TermMatches], k: int) -> np.ndarray:
-    """The dot products [k] of ``match_terms``' rows with their queries (0 for a row without stored terms)."""
-    out = np.zeros(k, np.float32)
-    for match in matches:
-        if len(match.needed):
-            mine = queries if len(queries) == 1 else queries[[match.query]]
-            query_weights = mine.weights(match.needed)[0]
-            out[match.rows] = np.bincount(match.row_of, weights=query_weights[match.column] * match.weights,
-                                          minlength=len(match.rows))
-    return out
-
-
 def sparse_dots(queries: LexicalQueries, owner: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],
                 terms: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Dot products [k] of queries (``owner`` [k]: each row's query) with k stored rows given by their (start,
-    end) ``bounds`` over ``terms``/``weights``."""
-    return finish_dots(queries, match_terms(owner, bounds, terms, weights), len(owner))
+    end) ``bounds`` over ``terms``/``weights``: one vectorised gather, no per-document Python loop, and the
+    queries' weights computed for the terms these rows hold only."""
+    starts, ends = bounds
+    if len(queries) > 1:  # each query's weights for its own candidates' terms only, not the batch's union
+        out = np.empty(len(starts), np.float32)
+        for query in np.unique(owner):
+            mine = np.flatnonzero(owner == query)
+            out[mine] = sparse_dots(queries[[query]], np.zeros(len(mine), np.int64), (starts[mine], ends[mine]),
+                                    terms, weights)
+        return out
+    counts = ends - starts
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(len(starts), np.float32)
+    row_of = np.repeat(np.arange(len(starts)), counts)
+    positions = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+    ids = terms[positions].astype(np.int64)
+    present = np.zeros(int(ids.max()) + 1, bool)  # term ids are small: a mask beats np.unique's sort
+    present[ids] = True
+    needed = np.flatnonzero(present)
+    column = (np.cumsum(present) - 1)[ids]
+    query_weights = queries.weights(needed)
+    products = query_weights[owner[row_of], column] * weights[positions].astype(np.float32)
+    return np.bincount(row_of, weights=products, minlength=len(starts)).astype(np.float32)
 
 
 def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence[TermWeights]) -> np.ndarray:
@@ -248,5 +223,5 @@ def lexical_dots(queries: LexicalQueries, counts: Sequence[int], terms: Sequence
     return sparse_dots(queries, owner, (offsets[:-1], offsets[1:]), ids, weights)
 
 
-__all__ = ["LexicalQueries", "SpladeEncoder", "TermMatches", "TermWeights", "finish_dots", "lexical_dots",
-           "match_terms", "numpy_projection", "sparse_dots", "stored_terms"]
+__all__ = ["LexicalQueries", "SpladeEncoder", "TermWeights", "lexical_dots", "numpy_projection", "sparse_dots",
+           "stored_terms"]

@@ -66,9 +66,12 @@ def worker(index: str, queries: int, depth: int, seed: int, topics: str | None, 
 
 
 def checkout(revision: str, work: Path) -> Path:
-    tree = work / f"rev-{revision}"
+    """A worktree of ``revision``, named by its commit (a name like HEAD moves)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = work / f"rev-{commit}"
     if not tree.is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=ROOT, check=True,
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
                        capture_output=True)
     return tree
 
