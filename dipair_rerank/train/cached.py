@@ -203,9 +203,6 @@ def query_vectors(model: DiPairModel, queries: FeatureStore, q_rows: np.ndarray,
     if layer is None:  # outputs of the (frozen) query tower
         pooled = torch.from_numpy(queries.pooled[q_rows]).to(device)
         return project_features(model, "query", prefix, mask, pooled, model.config.query_prefix)
-    if model.config.query_skipped_layers:  # the stored layer inputs are the full tower's
-        raise DiPairError("cached query features are the full query tower's: distil a shallower one with "
-                          "eval/recipe/distill_query_tower.py instead")
     width = max(int(mask.sum(1).max()), model.config.query_prefix)  # stored padded to max_length: trim
     prefix, mask = prefix[:, :width], mask[:, :width]
     hidden = run_top_layers(model.query_encoder, prefix.float(), mask, int(layer))
@@ -360,8 +357,8 @@ def train_stage1_cached(
     if queries.meta.get("layer") != needed:
         raise DiPairError(f"query features hold layer {queries.meta.get('layer')} states; this model needs "
                           f"{needed} (query_tuned_layers={model.config.query_tuned_layers})")
-    if needed is None and queries.meta.get("encoder") != encoder_identity(model, "query"):
-        raise DiPairError(f"{queries.folder} holds another query tower's outputs; extract this model's")
+    if queries.meta.get("encoder") != encoder_identity(model, "query", needed):
+        raise DiPairError(f"{queries.folder} holds another query tower's states; extract this model's")
     if docs.meta.get("layer") != doc_feature_layer(model):
         raise DiPairError(f"document features hold layer {docs.meta.get('layer')} states; this model needs "
                           f"{doc_feature_layer(model)} (doc_tuned_layer={model.config.doc_tuned_layer})")

@@ -40,11 +40,16 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def encoder_identity(model: DiPairModel, side: str) -> str:
-    """Hash of the weights of the encoder that reads ``side`` texts (features of another encoder are refused)."""
+def encoder_identity(model: DiPairModel, side: str, layer: int | None = None) -> str:
+    """Hash of the weights of the encoder that reads ``side`` texts (features of another encoder are refused);
+    with ``layer``, of the embeddings and layers below it only: the hidden states entering ``layer`` depend on
+    nothing else (a query tower with left-out layers above them reads the full tower's states)."""
     encoder = model.query_encoder if side == "query" else model.doc_encoder
+    below = None if layer is None else ("embeddings.", *(f"encoder.layer.{i}." for i in range(layer)))
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
+        if below is not None and not name.startswith(below):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy()[:64].tobytes())
     return digest.hexdigest()[:16]
@@ -135,7 +140,7 @@ def extract_features(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     max_length = max_length or (model.config.query_max_length if side == "query" else model.config.doc_max_length)
-    meta = {"encoder": encoder_identity(model, side), "side": side, "max_length": max_length, "keep": keep,
+    meta = {"encoder": encoder_identity(model, side, layer), "side": side, "max_length": max_length, "keep": keep,
             "hidden": model.hidden_size}
     if layer is not None:
         meta["layer"] = layer

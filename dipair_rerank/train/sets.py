@@ -310,8 +310,8 @@ def _run_cached(model, topics, candidates, texts, teacher, qrels, group, config,
     tune_query = args.encoder_lr > 0
     layer = query_feature_layer(model, tune_query_layers=tune_query)  # tuned layers: store their input
     q_name = f"query-L{mc.query_max_length}-k{q_keep}" if layer is None else f"query-L{mc.query_max_length}-in{layer}"
-    if layer is None and mc.query_tuned_layers > 0:  # a trained query tower, frozen: its own outputs
-        q_name += f"-{encoder_identity(model, 'query')}"
+    if mc.query_tuned_layers > 0:  # a trained tower's own outputs, or the states its tuned layers read
+        q_name += f"-{encoder_identity(model, 'query', layer)}"
     queries = extract_features(model, [e.query for e in examples], features / q_name, side="query",
                                keep=q_keep if layer is None else mc.query_max_length, layer=layer)
     d_layer = doc_feature_layer(model)  # a tuned document top layer: store its input, every token

@@ -1,9 +1,11 @@
 """Partial end-to-end training: the query tower's top layers train over cached lower-layer states; the frozen
 layers and the document tower (hence every cache) do not move; the trained layers ship as a delta; resume works."""
 
+import pytest
 import torch
 
-from dipair_rerank.model import DiPairModel
+from dipair_rerank.errors import DiPairError
+from dipair_rerank.model import DiPairModel, tiny_encoder_config
 from dipair_rerank.model.modeling import WEIGHTS_NAME
 from dipair_rerank.train.cached import (
     CachedStage1Config,
@@ -25,8 +27,15 @@ def _stores(model, tmp_path, examples):
     return queries, docs
 
 
-def test_layer_input_features_reproduce_the_query_tower(tmp_path):
-    model = DiPairModel(tiny_config(query_tuned_layers=1))
+def shallow_config(**overrides):
+    """A 3-layer tower whose query side leaves out frozen layer 1 (as the default model leaves out 2 and 3)."""
+    return tiny_config(encoder_config=tiny_encoder_config(num_hidden_layers=3), query_tuned_layers=1,
+                       query_skipped_layers=[1], **overrides)
+
+
+@pytest.mark.parametrize("config", [tiny_config(query_tuned_layers=1), shallow_config()], ids=["full", "shallow"])
+def test_layer_input_features_reproduce_the_query_tower(tmp_path, config):
+    model = DiPairModel(config)
     assert query_feature_layer(model) == 1 and len(model.encoders) == 2
     examples = _examples()
     queries, _ = _stores(model, tmp_path, examples)
@@ -83,11 +92,16 @@ def test_only_the_tuned_layers_train_and_ship_as_a_delta(tmp_path):
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]  # epochs 1-2 not repeated
 
 
+def test_a_shallow_tower_trains_on_its_own_states_and_refuses_another_towers(tmp_path):
+    model = DiPairModel(shallow_config())
+    before, last, (train, val, queries, docs, config) = train_two_epochs(model, tmp_path, _stores)
+    assert any(not torch.equal(last[n], before[n]) for n in last if n.startswith(model.tuned_layer_prefixes()))
+    other = DiPairModel(shallow_config(seed=1))  # other frozen layers below the tuned one
+    with pytest.raises(DiPairError, match="another query tower's states"):
+        train_stage1_cached(other, train, val, queries, docs, dict(TINY_DOCS), config, tmp_path / "other")
+
+
 def test_frozen_features_are_refused_for_a_tuned_model(tmp_path):
-    import pytest
-
-    from dipair_rerank.errors import DiPairError
-
     model = DiPairModel(tiny_config(query_tuned_layers=1))
     examples = _examples()
     queries = extract_features(model, [e.query for e in examples], tmp_path / "q", side="query", keep=4,
