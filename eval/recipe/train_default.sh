@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 W=eval/work/train
 S=$W/sets
-F=eval/work/features
+F=${FEATURES:-eval/work/features}  # another root trains on other stored features (eval/probes/important_positions.py)
 E=eval/work/embeddings
 D=${DIPAIR_DATA:-../shared/data}
 LEXICAL=eval/work/lexical
@@ -74,8 +74,9 @@ done
 BASE=$W/base
 [ -f $BASE/dipair_config.json ] || { mkdir -p $BASE && git archive 41528e6 dipair_rerank/model/shipped | tar -x -C $BASE --strip-components 3; }
 
-# 7. channels added; head, projections and channel weights trained over cached features (query features are
-#    the base's own query tower outputs, document features the packaged MiniLM's); listwise KL (+ qrels term);
+# 7. channels added; head, projections, channel weights and the query tower's two tuned top layers trained over
+#    cached features (query features: the hidden states entering the tuned layers; document features: the
+#    packaged MiniLM's outputs); listwise KL (+ qrels term); ENCODER_LR=0 keeps the base's query tower;
 #    the first-stage channel dropped for 25% of the queries of each step; validation (early stopping) on 20% of
 #    SciFact train, 5% of the title pseudo-queries and ALL 53 DL21 queries (graded qrels), 10% / 5% / 5% of DL22
 #    / MS MARCO dev / the crops (teacher agreement only)
@@ -90,12 +91,13 @@ dipair-rerank -v train --model $BASE --set channels=first_stage,lexical,cosine -
     --cached-stage1 --features $F --cache-dir $E --feature-keep 16 32 \
     --topics "${TOPICS[@]}" --candidates "${CANDS[@]}" --corpus "${CORPUS[@]}" --qrels "${QRELS[@]}" \
     --teacher "${TEACH[@]}" --output $W/$NAME --depth 30 --loss kl --label-weight ${LABEL_WEIGHT:-0.1} \
-    --encoder-lr 0 --stage1-epochs ${EPOCHS:-8} --stage1-lr ${LR:-3e-4} --queries-per-step 32 \
+    --encoder-lr ${ENCODER_LR:-5e-5} --stage1-epochs ${EPOCHS:-8} --stage1-lr ${LR:-3e-4} --queries-per-step 32 \
     --sample-candidates 16 --patience 2 --val-fraction 0.2 0.05 1.0 0.1 0.05 0.05 --stage2-epochs 0 --seed 0 \
     --threads ${THREADS:-2}
 
 # 8. the channel weights refitted on labels, head fixed: all 53 DL21 queries and the 20% of SciFact train held out
 #    above (queries the head never trained on), one set of weights for both domains, grid search on nDCG@10
+[ "${FIT:-1}" = 1 ] || exit 0  # FIT=0: stop after training (a lever measured on its training history)
 python eval/recipe/fit_channel_weights.py --model $W/$NAME/model --output $W/$NAME-fit
 
 # 9. ship it (head, projections, channel weights, the tuned query layers as an fp16 delta, the lexical model)
