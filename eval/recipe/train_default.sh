@@ -3,8 +3,9 @@
 #
 # The model: the previous default DiPair (4-layer query tower, 1-layer head; its own recipe is this script at git
 # commit 41528e6) with three channels added to its score — the first-stage score, SPLADE-tiny's lexical dot
-# product (document terms stored at index time) and the pooled MiniLM cosine — whose weights train with the head
-# and projections, distilled from a teacher that adds all-mpnet-base-v2 to those cheap scorers.
+# product (document terms stored at index time) and the pooled MiniLM cosine — whose weights train with the head,
+# the projections and the query tower's two tuned layers, distilled from a teacher that adds all-mpnet-base-v2 to
+# those cheap scorers.
 # Training data: SciFact TRAIN queries + SciFact title pseudo-queries over the SciFact corpus; DL21 (graded
 # qrels) and DL22 queries with their BM25 runs; MS MARCO dev-subset queries and cropped pseudo-queries against the
 # DL21+DL22 passage pools. Never SciFact test, never DL19. Every step is idempotent/resumable; work files go to
